@@ -1,0 +1,223 @@
+"""The decoder: Qwen2/2.5 (q/k/v bias), Qwen3 (per-head q/k RMSNorm), Llama family, in Flax NNX.
+
+Weights are laid out per head for einsums (q: (embed, heads, head_dim), o: (heads, head_dim, embed)), so
+the head axis shards directly. Every parameter carries `logical_axes` metadata; activations are constrained
+by logical name (a no-op without a mesh). One forward serves scoring/training (no cache) and sampling (a
+dense KV cache written at `cache_index`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from opid_jax.model.config import ModelConfig
+from opid_jax.model.sharding import constrain
+
+
+class LayerCache(NamedTuple):
+  k: jax.Array  # [batch, cache_len, kv_heads, head_dim]
+  v: jax.Array
+
+
+def _param(shape, dtype, axes, init=None, rngs=None):
+  if init is None:
+    value = jnp.zeros(shape, dtype)
+  else:
+    value = init(rngs.params(), shape, dtype)
+  return nnx.Param(value, logical_axes=axes)
+
+
+_normal = jax.nn.initializers.normal(0.02)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype, axes=("norm",)):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=axes)
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return xf.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig, positions: jax.Array):
+  """cos/sin of shape [batch, length, head_dim] in float32 (rotate-half convention)."""
+  inv_freq = jnp.asarray(cfg.rope_inv_freq())
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x, cos, sin):
+  """x: [batch, length, heads, head_dim]."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+  return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.cfg = cfg
+    self.q = _param((d, n, h), pd, ("embed", "q_heads", "head_dim"), _normal, rngs)
+    self.k = _param((d, k, h), pd, ("embed", "kv_heads", "head_dim"), _normal, rngs)
+    self.v = _param((d, k, h), pd, ("embed", "kv_heads", "head_dim"), _normal, rngs)
+    self.o = _param((n, h, d), pd, ("q_heads", "head_dim", "embed"), _normal, rngs)
+    if cfg.qkv_bias:
+      self.q_bias = _param((n, h), pd, ("q_heads", "head_dim"))
+      self.k_bias = _param((k, h), pd, ("kv_heads", "head_dim"))
+      self.v_bias = _param((k, h), pd, ("kv_heads", "head_dim"))
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd, ("head_dim",))
+      self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd, ("head_dim",))
+
+  def _project(self, x, name):
+    dt = x.dtype
+    y = jnp.einsum("btd,dnh->btnh", x, getattr(self, name)[...].astype(dt))
+    if self.cfg.qkv_bias:
+      y = y + getattr(self, name + "_bias")[...].astype(dt)
+    return y
+
+  def __call__(self, x, cos, sin, kv_valid, cache: LayerCache | None, cache_index):
+    cfg = self.cfg
+    q, k, v = self._project(x, "q"), self._project(x, "k"), self._project(x, "v")
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = constrain(q, ("batch", "length", "q_heads", "head_dim"))
+    k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
+    v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
+    if cache is not None:
+      k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
+      cache = LayerCache(k, v)
+      k = constrain(k, ("batch", "cache_length", "kv_heads", "head_dim"))
+      v = constrain(v, ("batch", "cache_length", "kv_heads", "head_dim"))
+    b, t, n, h = q.shape
+    groups = n // cfg.num_kv_heads
+    q = q.reshape(b, t, cfg.num_kv_heads, groups, h)
+    scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(q.dtype),
+                        preferred_element_type=jnp.float32) * (h ** -0.5)
+    query_slot = cache_index + jnp.arange(t)
+    causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]  # [t, s]
+    allowed = causal[None, None, None] & kv_valid[:, None, None, None, :]
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(x.dtype)).reshape(b, t, n, h)
+    out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(x.dtype))
+    return out, cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.gate = _param((d, f), pd, ("embed", "mlp"), _normal, rngs)
+    self.up = _param((d, f), pd, ("embed", "mlp"), _normal, rngs)
+    self.down = _param((f, d), pd, ("mlp", "embed"), _normal, rngs)
+
+  def __call__(self, x):
+    dt = x.dtype
+    gate = jnp.einsum("btd,df->btf", x, self.gate[...].astype(dt))
+    up = jnp.einsum("btd,df->btf", x, self.up[...].astype(dt))
+    hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+    return jnp.einsum("btf,fd->btd", hidden, self.down[...].astype(dt))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, cos, sin, kv_valid, cache, cache_index):
+    attn_out, cache = self.attn(self.attn_norm(x), cos, sin, kv_valid, cache, cache_index)
+    x = x + attn_out
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ("batch", "length", "embed")), cache
+
+
+def _run_block(block, x, cos, sin, kv_valid, cache, cache_index):
+  return block(x, cos, sin, kv_valid, cache, cache_index)
+
+
+_run_block_remat = nnx.remat(_run_block)
+
+
+class Decoder(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.cfg = cfg
+    self.embed = _param((cfg.vocab_size, cfg.hidden_size), pd, ("vocab", "embed"), _normal, rngs)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _param((cfg.hidden_size, cfg.vocab_size), pd, ("embed", "vocab"), _normal, rngs)
+
+  def __call__(self, tokens, positions, kv_valid, cache: list[LayerCache] | None = None, cache_index=0):
+    """Final-norm hidden states [batch, length, embed] and the updated cache.
+
+    tokens, positions: [batch, length]; kv_valid: [batch, keys] (keys = length without a cache, the cache
+    length with one) marks which key slots hold real tokens; queries attend causally by slot.
+    """
+    dt = jnp.dtype(self.cfg.dtype)
+    x = self.embed[...][tokens].astype(dt)
+    x = constrain(x, ("batch", "length", "embed"))
+    cos, sin = rope_tables(self.cfg, positions)
+    run = _run_block_remat if (self.cfg.remat and cache is None) else _run_block
+    new_cache = []
+    for i, block in enumerate(self.layers):
+      x, layer_cache = run(block, x, cos, sin, kv_valid, None if cache is None else cache[i], cache_index)
+      new_cache.append(layer_cache)
+    return self.final_norm(x), (new_cache if cache is not None else None)
+
+  def output_weights(self) -> jax.Array:
+    """The vocabulary projection as (embed, vocab), in the compute dtype."""
+    dt = jnp.dtype(self.cfg.dtype)
+    if self.cfg.tie_word_embeddings:
+      return self.embed[...].astype(dt).T
+    return self.lm_head[...].astype(dt)
+
+  def logits(self, hidden) -> jax.Array:
+    """Float32 logits for (a few) hidden states; never call this on a whole long batch."""
+    return jnp.einsum("...d,dv->...v", hidden, self.output_weights(), preferred_element_type=jnp.float32)
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[LayerCache]:
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  return [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+  """Per-row positions for a left-padded batch: 0 at each row's first real token (pads clamp to 0)."""
+  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def create_model(cfg: ModelConfig, seed: int = 0) -> Decoder:
+  return Decoder(cfg, nnx.Rngs(params=seed))
+
+
+def abstract_model(cfg: ModelConfig) -> Decoder:
+  """The model with ShapeDtypeStruct leaves: for loaders that fill parameters one by one."""
+  return nnx.eval_shape(lambda: create_model(cfg))
+
+
+def param_count(model: Decoder) -> int:
+  state = nnx.state(model, nnx.Param)
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(state)))
