@@ -22,6 +22,7 @@ class Step:
   reward: float = 0.0
   done: bool = False
   sampled_logprobs: list[float] | None = None  # per response token, at sampling time
+  user_prompt_text: str = ""  # the user message before the chat template (where skills are injected)
 
 
 @dataclasses.dataclass

@@ -47,3 +47,8 @@ def pad_right(seqs: Sequence[Sequence[int]], length: int, rows: int, pad_id: int
 def chunks(n: int, size: int):
   """(start, stop) ranges of at most `size` covering range(n)."""
   return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def buckets_up_to(limit: int, buckets: Sequence[int] = DEFAULT_PROMPT_BUCKETS) -> tuple[int, ...]:
+  """The default buckets below `limit`, with `limit` itself as the largest."""
+  return tuple(b for b in buckets if b < limit) + (limit,)

@@ -67,3 +67,10 @@ def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = T
 def encode(tokenizer, text: str) -> list[int]:
   """Ids of text verbatim: special-token strings in it are recognised, none are added."""
   return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def prompt_ids(tokenizer, text: str, chat: bool) -> list[int]:
+  """The prompt verbatim, or wrapped as one user message with the generation prompt."""
+  if chat:
+    text = chat_prompt(tokenizer, [{"role": "user", "content": text}])
+  return encode(tokenizer, text)
