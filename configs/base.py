@@ -1,0 +1,121 @@
+"""Every knob of an OPID run, with the paper's ALFWorld-scale defaults (method.md).
+
+Benchmarks override a few fields in their own files; users override any field on the command line:
+  python -m opid_jax.train --config=configs/alfworld.py --config.opid.routing=step_only
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+
+  c.model = ml_collections.ConfigDict(dict(
+      path="Qwen/Qwen2.5-3B-Instruct",  # HF folder, hub id, or .gguf file
+      dtype="bfloat16",  # compute dtype
+      param_dtype="float32",
+      remat=True,  # recompute each layer's activations in the backward pass
+  ))
+
+  # Device mesh: -1 fills with the remaining devices. Logical axis -> mesh axes rules shard the model.
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1,
+      rules=(
+          ("batch", ("data", "fsdp")),
+          ("embed", "fsdp"),
+          ("vocab", "tensor"),
+          ("mlp", "tensor"),
+          ("q_heads", "tensor"),
+          ("kv_heads", "tensor"),
+      ),
+  ))
+
+  c.rollout = ml_collections.ConfigDict(dict(
+      tasks_per_batch=16,  # B groups per iteration
+      group_size=8,  # N rollouts per task
+      temperature=1.0,
+      top_p=1.0,
+      top_k=0,
+      max_new_tokens=512,
+      max_prompt_tokens=2048,
+      truncation_side="left",  # "left" keeps the end of long prompts; "error" refuses them
+      history_window=5,
+      max_steps=30,
+      eval_temperature=0.4,
+  ))
+
+  c.env = ml_collections.ConfigDict(dict(
+      name="alfworld",  # alfworld | search_qa | webshop | counting (a tiny text env for smoke tests)
+      data_dir="data/alfworld",
+      train_split="train",
+      eval_split="valid_unseen",
+      num_workers=4,
+      step_timeout_s=120.0,
+      retriever_url="http://127.0.0.1:8000/retrieve",
+      topk=3,
+  ))
+
+  c.analyzer = ml_collections.ConfigDict(dict(
+      backend="expert",  # openai | local | expert | none
+      base_url="",
+      model="",
+      api_key_env="",  # the NAME of the environment variable holding the key; never the key itself
+      concurrency=16,
+      timeout_s=120.0,
+      max_api_retries=5,
+      json_mode=False,
+      gamma=0.95,
+      max_step_skills=5,
+  ))
+
+  c.opid = ml_collections.ConfigDict(dict(
+      lambda_skill=0.001,
+      routing="critical_first",  # critical_first | episode_only | step_only | superimpose | none
+      adv_norm="mean_std",  # mean_std | mean
+      group_stats="steps",  # steps (every step sample) | trajectories (one value per trajectory)
+      invalid_penalty=0.1,
+      success_reward=10.0,
+  ))
+
+  c.ppo = ml_collections.ConfigDict(dict(
+      clip_eps=0.2,
+      clip_eps_high=0.2,
+      dual_clip=0.0,  # 0 disables; otherwise the dual-clip constant c > 1 (e.g. 3.0)
+      epochs=1,
+      mini_batch_size=64,  # step samples per optimizer update
+      micro_batch_size=8,  # step samples per forward/backward pass (gradients accumulate exactly)
+      kl_coef=0.01,
+      kl_estimator="k3",  # k1 | k2 | k3
+      kl_clamp=10.0,
+      entropy_coef=0.0,
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-6,
+      warmup_steps=0,
+      schedule="constant",  # constant | cosine | linear
+      weight_decay=0.01,
+      grad_clip=1.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=150,
+      seed=0,
+      eval_every=0,  # 0 disables periodic evaluation
+      eval_tasks=32,
+      log_every=1,
+      score_micro_batch=8,
+      prompt_buckets=(256, 512, 1024, 2048),
+      response_buckets=(64, 128, 256, 512),
+  ))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      dir="",  # empty: WORKDIR/checkpoints
+      save_every=10,
+      keep=3,
+      async_save=True,
+  ))
+  return c

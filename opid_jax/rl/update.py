@@ -1,0 +1,112 @@
+"""The optimizer and one jitted, sharded clipped-PPO step over a mini-batch of micro-batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from opid_jax.rl.loss import ppo_loss
+from opid_jax.rl.scoring import token_logprobs
+
+
+class TrainState(NamedTuple):
+  params: nnx.State
+  opt_state: optax.OptState
+  step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  clip_low: float = 0.2
+  clip_high: float = 0.2
+  dual_clip: float = 0.0
+  kl_coef: float = 0.0
+  kl_estimator: str = "k3"
+  kl_clamp: float = 10.0
+  entropy_coef: float = 0.0
+  temperature: float = 1.0
+  chunk_size: int = 64
+  with_entropy: bool = True
+
+
+def learning_rate_schedule(lr: float, warmup_steps: int, schedule: str, total_steps: int):
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if schedule == "constant":
+    main = optax.constant_schedule(lr)
+  elif schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps)
+  elif schedule == "linear":
+    main = optax.linear_schedule(lr, 0.0, decay_steps)
+  else:
+    raise ValueError(f"unknown schedule {schedule!r}")
+  if warmup_steps <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), main], [warmup_steps])
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only: not on norm scales or biases."""
+  def keep(path, _):
+    name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
+    parent = str(path[-2].key) if len(path) > 1 and hasattr(path[-2], "key") else ""
+    return not (name.endswith("_bias") or name == "scale" or parent == "scale")
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(*, lr: float, warmup_steps: int = 0, schedule: str = "constant", total_steps: int = 1,
+                   weight_decay: float = 0.0, grad_clip: float = 1.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8) -> optax.GradientTransformation:
+  sched = learning_rate_schedule(lr, warmup_steps, schedule, total_steps)
+  parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+  parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask))
+  return optax.chain(*parts)
+
+
+def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
+  model = nnx.merge(graphdef, params)
+  logp, entropy = token_logprobs(model, micro["prompt_ids"], micro["prompt_mask"], micro["response_ids"],
+                                 micro["response_mask"], temperature=cfg.temperature, chunk_size=cfg.chunk_size,
+                                 with_entropy=cfg.with_entropy or cfg.entropy_coef > 0)
+  entropy = jax.lax.stop_gradient(entropy) if cfg.entropy_coef == 0 else entropy
+  return ppo_loss(logp, micro["old_logp"], micro["advantages"], micro["response_mask"], token_count,
+                  clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
+                  ref_logp=micro.get("ref_logp"), kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
+                  kl_clamp=cfg.kl_clamp, entropy=entropy if cfg.with_entropy or cfg.entropy_coef > 0 else None,
+                  entropy_coef=cfg.entropy_coef)
+
+
+def accumulate_gradients(params, graphdef, batch, cfg: LossConfig):
+  """Sum of micro-batch gradients and metrics; batch arrays are [num_micro, micro, ...]."""
+  token_count = jnp.sum(batch["response_mask"]).astype(jnp.float32)
+  grad_fn = jax.value_and_grad(micro_batch_loss, has_aux=True)
+
+  def body(acc, micro):
+    (_, metrics), grads = grad_fn(params, graphdef, micro, token_count, cfg)
+    acc_grads, acc_metrics = acc
+    return (jax.tree.map(jnp.add, acc_grads, grads), jax.tree.map(jnp.add, acc_metrics, metrics)), None
+
+  first = jax.tree.map(lambda x: x[0], batch)
+  metric_shapes = jax.eval_shape(lambda: micro_batch_loss(params, graphdef, first, token_count, cfg)[1])
+  zeros = (jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes))
+  (grads, metrics), _ = jax.lax.scan(body, zeros, batch)
+  metrics["ppo/tokens"] = token_count
+  return grads, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "cfg"), donate_argnames=("state",))
+def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransformation, cfg: LossConfig):
+  grads, metrics = accumulate_gradients(state.params, graphdef, batch, cfg)
+  metrics["ppo/grad_norm"] = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  return TrainState(params, opt_state, state.step + 1), metrics
