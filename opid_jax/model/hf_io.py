@@ -152,8 +152,11 @@ def _target_leaves(model: Decoder) -> dict[str, nnx.Variable]:
 
 
 def build_model(cfg: ModelConfig, tensors: Iterator[tuple[str, np.ndarray]], *, source: str,
-                shardings: Callable[[str], jax.sharding.Sharding | None] | None = None) -> Decoder:
-  """Creates the model from (HF name, array) pairs, placing each parameter as soon as it is read."""
+                shardings: Callable[[nnx.Variable], jax.sharding.Sharding | None] | None = None) -> Decoder:
+  """Creates the model from (HF name, array) pairs, placing each parameter as soon as it is read.
+
+  `shardings` maps a parameter's abstract Variable (shape + `logical_axes` metadata) to its sharding.
+  """
   graphdef, state = nnx.split(abstract_model(cfg))
   flat = list(nnx.to_flat_state(state))
   targets = {_dotted(path): var for path, var in flat}
@@ -175,7 +178,7 @@ def build_model(cfg: ModelConfig, tensors: Iterator[tuple[str, np.ndarray]], *, 
       raise UserError(f"{source}: tensor {name} has shape {list(array.shape)}, expected "
                       f"{int(np.prod(target.shape))} elements for {path}")
     value = value.reshape(target.shape).astype(jnp.dtype(cfg.param_dtype))
-    sharding = shardings(path) if shardings else None
+    sharding = shardings(target) if shardings else None
     filled[path] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
   missing = sorted(set(targets) - set(filled))
   if missing:

@@ -48,15 +48,16 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> Partit
   return PartitionSpec(*fitted)
 
 
+def variable_sharding(var: nnx.Variable, mesh: Mesh, rules) -> NamedSharding:
+  """The NamedSharding of one parameter, from its `logical_axes` metadata and the rules."""
+  axes = var.get_metadata().get("logical_axes")
+  spec = logical_to_spec(axes, rules) if axes else PartitionSpec()
+  return NamedSharding(mesh, _fit_spec(spec, var.shape, mesh))
+
+
 def param_shardings(state, mesh: Mesh, rules) -> object:
-  """A NamedSharding per parameter, from its `logical_axes` metadata and the rules."""
-
-  def one(var):
-    axes = var.get_metadata().get("logical_axes") if hasattr(var, "get_metadata") else None
-    spec = logical_to_spec(axes, rules) if axes else PartitionSpec()
-    return NamedSharding(mesh, _fit_spec(spec, var.shape, mesh))
-
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map(lambda v: variable_sharding(v, mesh, rules), state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def shard_params(state, mesh: Mesh, rules):

@@ -1,0 +1,114 @@
+"""Checks a run config before anything is compiled; every problem is one line naming the field."""
+
+from __future__ import annotations
+
+from opid_jax.errors import UserError
+from opid_jax.rl.advantages import ADV_NORMS, GROUP_STATS
+from opid_jax.rl.loss import KL_ESTIMATORS
+from opid_jax.skills.backends import BACKENDS as ANALYZER_BACKENDS
+from opid_jax.skills.routing import ROUTING_MODES
+
+DTYPES = ("float32", "bfloat16")
+ENV_NAMES = ("alfworld", "search_qa", "webshop", "counting")
+SCHEDULES = ("constant", "cosine", "linear")
+TRUNCATION_SIDES = ("left", "error")
+
+
+def _one_of(name, value, allowed):
+  if value not in allowed:
+    raise UserError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _at_least(name, value, low):
+  if value < low:
+    raise UserError(f"{name}={value} must be >= {low}")
+
+
+def _in_range(name, value, low, high, low_open=False):
+  bad = (value <= low if low_open else value < low) or value > high
+  if bad:
+    raise UserError(f"{name}={value} must be in {'(' if low_open else '['}{low}, {high}]")
+
+
+def validate(c) -> None:
+  _one_of("model.dtype", c.model.dtype, DTYPES)
+  _one_of("model.param_dtype", c.model.param_dtype, DTYPES)
+  if not c.model.path:
+    raise UserError("model.path is empty: give an HF folder, a hub id, or a .gguf file")
+
+  r = c.rollout
+  _at_least("rollout.tasks_per_batch", r.tasks_per_batch, 1)
+  _at_least("rollout.group_size", r.group_size, 1)
+  _in_range("rollout.temperature", r.temperature, 0.0, 10.0, low_open=True)
+  _in_range("rollout.top_p", r.top_p, 0.0, 1.0, low_open=True)
+  _at_least("rollout.top_k", r.top_k, 0)
+  _at_least("rollout.max_new_tokens", r.max_new_tokens, 1)
+  _at_least("rollout.max_prompt_tokens", r.max_prompt_tokens, 8)
+  _one_of("rollout.truncation_side", r.truncation_side, TRUNCATION_SIDES)
+  _at_least("rollout.history_window", r.history_window, 0)
+  _at_least("rollout.max_steps", r.max_steps, 1)
+  _in_range("rollout.eval_temperature", r.eval_temperature, 0.0, 10.0)
+
+  _one_of("env.name", c.env.name, ENV_NAMES)
+  _at_least("env.num_workers", c.env.num_workers, 1)
+
+  a = c.analyzer
+  _one_of("analyzer.backend", a.backend, ANALYZER_BACKENDS)
+  if a.backend == "openai" and not (a.base_url and a.model):
+    raise UserError("analyzer.backend=openai needs analyzer.base_url and analyzer.model")
+  if a.backend == "local" and not a.model:
+    raise UserError("analyzer.backend=local needs analyzer.model (a model path for the JAX sampler)")
+  _at_least("analyzer.max_step_skills", a.max_step_skills, 0)
+  _in_range("analyzer.gamma", a.gamma, 0.0, 1.0)
+
+  o = c.opid
+  _one_of("opid.routing", o.routing, ROUTING_MODES)
+  _one_of("opid.adv_norm", o.adv_norm, ADV_NORMS)
+  _one_of("opid.group_stats", o.group_stats, GROUP_STATS)
+  _at_least("opid.lambda_skill", o.lambda_skill, 0.0)
+  _at_least("opid.invalid_penalty", o.invalid_penalty, 0.0)
+
+  p = c.ppo
+  _in_range("ppo.clip_eps", p.clip_eps, 0.0, 1.0, low_open=True)
+  _in_range("ppo.clip_eps_high", p.clip_eps_high, 0.0, 10.0, low_open=True)
+  if p.dual_clip != 0 and p.dual_clip <= 1:
+    raise UserError(f"ppo.dual_clip={p.dual_clip} must be 0 (off) or > 1")
+  _at_least("ppo.epochs", p.epochs, 1)
+  _at_least("ppo.micro_batch_size", p.micro_batch_size, 1)
+  if p.mini_batch_size % p.micro_batch_size:
+    raise UserError(f"ppo.mini_batch_size={p.mini_batch_size} is not a multiple of "
+                    f"ppo.micro_batch_size={p.micro_batch_size}")
+  _one_of("ppo.kl_estimator", p.kl_estimator, KL_ESTIMATORS)
+  _at_least("ppo.kl_coef", p.kl_coef, 0.0)
+  _at_least("ppo.entropy_coef", p.entropy_coef, 0.0)
+
+  q = c.optim
+  _in_range("optim.lr", q.lr, 0.0, 1.0, low_open=True)
+  _one_of("optim.schedule", q.schedule, SCHEDULES)
+  _at_least("optim.warmup_steps", q.warmup_steps, 0)
+  _at_least("optim.grad_clip", q.grad_clip, 0.0)
+  _at_least("optim.weight_decay", q.weight_decay, 0.0)
+
+  _at_least("train.steps", c.train.steps, 0)
+  _at_least("train.eval_every", c.train.eval_every, 0)
+  _at_least("train.score_micro_batch", c.train.score_micro_batch, 1)
+  _at_least("checkpoint.keep", c.checkpoint.keep, 1)
+  _at_least("checkpoint.save_every", c.checkpoint.save_every, 1)
+  if max(c.train.prompt_buckets) < r.max_prompt_tokens:
+    raise UserError(f"train.prompt_buckets (largest {max(c.train.prompt_buckets)}) must reach "
+                    f"rollout.max_prompt_tokens={r.max_prompt_tokens}")
+  if max(c.train.response_buckets) < r.max_new_tokens:
+    raise UserError(f"train.response_buckets (largest {max(c.train.response_buckets)}) must reach "
+                    f"rollout.max_new_tokens={r.max_new_tokens}")
+
+
+def validate_data_parallel(c, data_parallel_size: int) -> None:
+  """Batch sizes must split evenly over the data-parallel devices."""
+  for name in ("micro_batch_size",):
+    value = c.ppo[name]
+    if value % data_parallel_size:
+      raise UserError(f"ppo.{name}={value} is not divisible by the data-parallel size {data_parallel_size} "
+                      f"(mesh data x fsdp)")
+  if c.train.score_micro_batch % data_parallel_size:
+    raise UserError(f"train.score_micro_batch={c.train.score_micro_batch} is not divisible by the "
+                    f"data-parallel size {data_parallel_size}")

@@ -1,0 +1,49 @@
+"""Evaluation: the policy alone (no analyzer, no skills) on a fixed task list; metrics per task type."""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Sequence
+
+import numpy as np
+
+from opid_jax.agent import rollout
+from opid_jax.agent.trajectory import Trajectory
+
+
+def trajectory_metrics(trajectories: Sequence[Trajectory], prefix: str = "") -> dict[str, float]:
+  """Success, return, length and valid-action ratio over trajectories (and failures from faults)."""
+  if not trajectories:
+    return {}
+  steps = [s for t in trajectories for s in t.steps]
+  return {
+      f"{prefix}success": float(np.mean([t.won for t in trajectories])),
+      f"{prefix}return": float(np.mean([t.episode_return for t in trajectories])),
+      f"{prefix}episode_length": float(np.mean([t.length for t in trajectories])),
+      f"{prefix}valid_action_ratio": float(np.mean([s.valid for s in steps])) if steps else 0.0,
+      f"{prefix}env_failures": float(sum(bool(t.failure_reason) for t in trajectories)),
+  }
+
+
+def per_task_type(trajectories: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
+  groups: dict[str, list[Trajectory]] = collections.defaultdict(list)
+  for t in trajectories:
+    groups[t.task_type].append(t)
+  table = {name: {**trajectory_metrics(ts), "episodes": len(ts)} for name, ts in sorted(groups.items())}
+  table["all"] = {**trajectory_metrics(trajectories), "episodes": len(trajectories)}
+  return table
+
+
+def evaluate(pool, policy: Callable, tokenizer, agent: rollout.AgentSpec, task_ids: Sequence[str],
+             max_prompt_tokens: int | None) -> tuple[dict[str, dict[str, float]], list[Trajectory]]:
+  trajectories = rollout.run_groups(pool, policy, tokenizer, task_ids, 1, agent, max_prompt_tokens)
+  return per_task_type(trajectories), trajectories
+
+
+def markdown_table(table: dict[str, dict[str, float]]) -> str:
+  cols = ("episodes", "success", "episode_length", "valid_action_ratio")
+  lines = ["| task type | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for name, row in table.items():
+    cells = [f"{row.get(c, 0):.0f}" if c == "episodes" else f"{row.get(c, 0):.3f}" for c in cols]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""The OPID training loop: rollout -> analyze (background) -> score -> advantages -> update -> log ->
+checkpoint -> periodic evaluation. Every random choice derives from (seed, iteration), so a run resumed from
+a checkpoint continues exactly as if it had never stopped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from opid_jax import checkpoint as ckpt_lib
+from opid_jax import config_validation, evaluation, metrics as metrics_lib
+from opid_jax.agent import rollout
+from opid_jax.envs import registry
+from opid_jax.envs.pool import EnvPool, TaskStream
+from opid_jax.generation.sampler import Sampler, SamplingParams
+from opid_jax.model import loading, padding
+from opid_jax.model.sharding import use_rules
+from opid_jax.parallel import mesh as mesh_lib
+from opid_jax.rl import batch as batch_lib
+from opid_jax.rl import opid_samples, update
+from opid_jax.rl.scoring import Scorer
+from opid_jax.skills.backends import make_backend
+
+log = logging.getLogger(__name__)
+
+
+def make_policy(sampler: Sampler, sampling: SamplingParams, key: jax.Array):
+  """The rollout's policy callable: one sampler call per turn, each with its own derived key."""
+  calls = [0]
+
+  def policy(prompt_ids):
+    out = sampler.generate(prompt_ids, sampling, key=jax.random.fold_in(key, calls[0]))
+    calls[0] += 1
+    return list(zip(out.tokens, out.logprobs))
+
+  return policy
+
+
+def make_analyzer(config):
+  a = config.analyzer
+  settings = opid_settings(config)
+  if a.backend == "none" or not settings.skills_enabled:
+    return None
+  common = dict(gamma=a.gamma, max_step_skills=a.max_step_skills)
+  if a.backend == "openai":
+    return make_backend("openai", base_url=a.base_url, model=a.model, api_key_env=a.api_key_env or None,
+                        concurrency=a.concurrency, timeout_s=a.timeout_s, max_api_retries=a.max_api_retries,
+                        json_mode=a.json_mode, **common)
+  if a.backend == "local":
+    from opid_jax.generation.chat import make_chat_fn
+    return make_backend("local", chat_fn=make_chat_fn(a.model, max_new_tokens=1024), **common)
+  return make_backend(a.backend, **common)
+
+
+def opid_settings(config) -> opid_samples.OpidSettings:
+  o = config.opid
+  return opid_samples.OpidSettings(
+      lambda_skill=o.lambda_skill, routing=o.routing, adv_norm=o.adv_norm, group_stats=o.group_stats,
+      invalid_penalty=o.invalid_penalty, use_reference=config.ppo.kl_coef > 0,
+      max_prompt_tokens=config.rollout.max_prompt_tokens)
+
+
+def loss_config(config) -> update.LossConfig:
+  p = config.ppo
+  return update.LossConfig(clip_low=p.clip_eps, clip_high=p.clip_eps_high, dual_clip=p.dual_clip,
+                           kl_coef=p.kl_coef, kl_estimator=p.kl_estimator, kl_clamp=p.kl_clamp,
+                           entropy_coef=p.entropy_coef, temperature=config.rollout.temperature)
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything an iteration needs, built once."""
+  config: Any
+  mesh: Any
+  rules: tuple
+  loaded: loading.LoadedModel
+  graphdef: Any
+  tx: Any
+  state: update.TrainState
+  ref_params: Any
+  sampler: Sampler
+  scorer: Scorer
+  env: registry.EnvSetup
+  pool: EnvPool
+  stream: TaskStream
+  analyzer: Any
+  writer: metrics_lib.MetricsWriter
+  checkpointer: ckpt_lib.Checkpointer
+  start_iteration: int = 0
+
+
+def build_run(config, workdir: str) -> Run:
+  config_validation.validate(config)
+  mesh = mesh_lib.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
+  rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.mesh.rules)
+  config_validation.validate_data_parallel(config, mesh_lib.data_parallel_size(mesh, rules))
+  env = registry.build(config.env, config.rollout)
+  loaded = loading.load(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                        remat=config.model.remat,
+                        shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules))
+  graphdef, params = nnx.split(loaded.model)
+  total_updates = max(1, config.train.steps)
+  q = config.optim
+  tx = update.make_optimizer(lr=q.lr, warmup_steps=q.warmup_steps, schedule=q.schedule, total_steps=total_updates,
+                             weight_decay=q.weight_decay, grad_clip=q.grad_clip, b1=q.b1, b2=q.b2, eps=q.eps)
+  state = update.init_train_state(params, tx)
+  ref_params = jax.tree.map(jnp.copy, params) if config.ppo.kl_coef > 0 else None
+  truncate = config.rollout.truncation_side == "left"
+  prompt_buckets = padding.buckets_up_to(config.rollout.max_prompt_tokens, config.train.prompt_buckets)
+  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets,
+                    truncate_left=truncate)
+  scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=config.train.score_micro_batch,
+                  prompt_buckets=prompt_buckets, response_buckets=config.train.response_buckets,
+                  truncate_left=truncate)
+  num_envs = config.rollout.tasks_per_batch * config.rollout.group_size
+  pool = EnvPool(env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
+                 timeout_s=config.env.step_timeout_s)
+  stream = TaskStream(env.train_tasks, seed=config.train.seed)
+  checkpointer = ckpt_lib.Checkpointer(config.checkpoint.dir or os.path.join(workdir, "checkpoints"),
+                                       keep=config.checkpoint.keep, save_every=config.checkpoint.save_every,
+                                       async_save=config.checkpoint.async_save)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  run = Run(config, mesh, rules, loaded, graphdef, tx, state, ref_params, sampler, scorer, env, pool, stream,
+            make_analyzer(config), writer, checkpointer)
+  _maybe_restore(run)
+  return run
+
+
+def _maybe_restore(run: Run) -> None:
+  latest = run.checkpointer.latest_step()
+  if latest is None:
+    return
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state)
+  step, state, host = run.checkpointer.restore(latest, abstract)
+  run.state = state
+  run.stream.load_state_dict(host["task_stream"])
+  run.start_iteration = int(host["iteration"])
+  run.writer.truncate_from(run.start_iteration + 1)
+  _sync_params(run)
+  log.warning("resumed from iteration %d", run.start_iteration)
+
+
+def _sync_params(run: Run) -> None:
+  run.sampler.set_params(run.state.params)
+  run.scorer.set_params(run.state.params)
+
+
+def iteration_key(config, iteration: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(config.train.seed), iteration)
+
+
+def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> dict[str, float]:
+  config, settings = run.config, opid_settings(run.config)
+  r = config.rollout
+  sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+  tasks = run.stream.next_tasks(r.tasks_per_batch)
+  with timer.phase("rollout"):
+    policy = make_policy(run.sampler, sampling, iteration_key(config, iteration))
+    trajectories = rollout.run_groups(run.pool, policy, run.loaded.tokenizer, tasks, r.group_size, run.env.agent,
+                                      r.max_prompt_tokens, first_group_id=iteration * r.tasks_per_batch)
+  handle = run.analyzer.analyze_many_async(trajectories) if run.analyzer is not None else None
+
+  def score(prompts, responses, params):
+    return run.scorer.score(prompts, responses, temperature=r.temperature, params=params).logprobs
+
+  with timer.phase("score"):
+    samples, adv_metrics = opid_samples.build_samples(
+        trajectories, score=score, params=run.state.params, ref_params=run.ref_params,
+        tokenizer=run.loaded.tokenizer, settings=settings, analysis_handle=handle)
+  ppo_metrics: dict[str, list[float]] = {}
+  with timer.phase("update"):
+    for epoch in range(config.ppo.epochs):
+      batches = batch_lib.minibatches(
+          samples, mini_batch_size=config.ppo.mini_batch_size, micro_batch_size=config.ppo.micro_batch_size,
+          seed=config.train.seed * 100003 + iteration * 101 + epoch, pad_id=run.loaded.pad_id,
+          prompt_buckets=run.scorer.prompt_buckets, response_buckets=config.train.response_buckets,
+          with_ref=settings.use_reference)
+      for mb in batches:
+        mb = {k: jax.device_put(v, mesh_lib.batch_sharding(run.mesh, run.rules, v.ndim, batch_dim=1))
+              for k, v in mb.items()}
+        run.state, m = update.train_step(run.state, mb, graphdef=run.graphdef, tx=run.tx, cfg=loss_config(config))
+        for k, v in jax.device_get(m).items():
+          ppo_metrics.setdefault(k, []).append(float(v))
+    _sync_params(run)
+  metrics = evaluation.trajectory_metrics(trajectories)
+  metrics.update(adv_metrics)
+  metrics.update({k: float(np.mean(v)) for k, v in ppo_metrics.items()})
+  metrics["loss"] = metrics.get("ppo/loss", float("nan"))
+  metrics["optimizer_steps"] = int(run.state.step)
+  if handle is not None:
+    metrics.update(handle.stats.as_dict(prefix="analyzer/"))
+  return metrics
+
+
+def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
+  c = run.config
+  sampling = SamplingParams(temperature=c.rollout.eval_temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
+                            max_new_tokens=c.rollout.max_new_tokens)
+  policy = make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20))
+  tasks = run.env.eval_tasks[:c.train.eval_tasks]
+  pool = run.pool if run.env.eval_factory is None else EnvPool(run.env.eval_factory, run.pool.num_envs,
+                                                               c.env.num_workers, c.env.step_timeout_s)
+  try:
+    table, _ = evaluation.evaluate(pool, policy, run.loaded.tokenizer, run.env.agent, tasks,
+                                   c.rollout.max_prompt_tokens)
+  finally:
+    if pool is not run.pool:
+      pool.close()
+  return {f"eval/{k}": v for k, v in table["all"].items()}
+
+
+def host_state(run: Run, iteration: int) -> dict:
+  return {"iteration": iteration, "task_stream": run.stream.state_dict(), "config": run.config.to_dict()}
+
+
+def train(config, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) training; returns the last iteration's metrics."""
+  os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
+  last: dict[str, float] = {}
+  run = build_run(config, workdir)
+  try:
+    with use_rules(run.mesh, run.rules), ckpt_lib.PreemptionGuard() as guard:
+      for iteration in range(run.start_iteration, config.train.steps):
+        timer = metrics_lib.PhaseTimer()
+        metrics = run_iteration(run, iteration, timer)
+        done = iteration + 1
+        with timer.phase("checkpoint"):
+          run.checkpointer.save(done, run.state, host_state(run, done), force=guard.requested or
+                                done == config.train.steps)
+        if config.train.eval_every and done % config.train.eval_every == 0:
+          with timer.phase("eval"):
+            metrics.update(run_evaluation(run, done))
+        metrics.update(timer.as_metrics())
+        metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/") and k != "time/step")
+        run.writer.write(done, metrics)
+        last = metrics
+        if guard.requested:
+          log.warning("stop requested: saved iteration %d, exiting", done)
+          break
+  finally:
+    run.checkpointer.wait()
+    run.checkpointer.close()
+    run.writer.close()
+    run.pool.close()
+    if run.analyzer is not None:
+      run.analyzer.close()
+  return last
+
+
+def write_config(config, workdir: str) -> None:
+  from etils import epath
+  path = epath.Path(workdir)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))

@@ -1,0 +1,100 @@
+"""The training loop end to end on the counting env with a tiny model: CLI, config errors, exact resume,
+and the GRPO special case (lambda_skill = 0)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("tiny_policy"))
+  save_tiny_tokenizer(out)
+  make_hf_model("qwen3", out, seed=0)
+  return out
+
+
+def train_cmd(model_dir, workdir, *overrides):
+  return [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
+          f"--config.model.path={model_dir}", *overrides]
+
+
+def run_train(model_dir, workdir, *overrides, timeout=600):
+  return subprocess.run(train_cmd(model_dir, workdir, *overrides), cwd=ROOT, env=ENV, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [{k: v for k, v in r.items() if not k.startswith(("time/", "analyzer/seconds"))} for r in rows]
+
+
+def final_params(workdir, step):
+  tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  return {"/".join(map(str, p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.opid.routng=step_only", "routng"),
+    ("--config.opid.routing=sometimes", "opid.routing='sometimes' is not one of"),
+    ("--config.ppo.micro_batch_size=3", "not a multiple of ppo.micro_batch_size=3"),
+    ("--config.env.name=minecraft", "env.name='minecraft'"),
+])
+def test_config_errors_are_one_line_with_exit_code_2(model_dir, tmp_path, override, needle):
+  res = run_train(model_dir, tmp_path / "w", override)
+  assert res.returncode == 2, res.stderr[-2000:]
+  lines = [l for l in res.stderr.splitlines() if l.strip()]
+  assert lines[-1].startswith("error: ") and needle in lines[-1], res.stderr[-2000:]
+  assert "Traceback" not in res.stderr
+
+
+def test_missing_model_is_one_line(tmp_path):
+  res = run_train(str(tmp_path / "no_model"), tmp_path / "w")
+  assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: model path")
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  res = run_train(model_dir, straight, "--config.train.steps=4")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert (tmp_path / "straight" / "config.json").exists()
+
+  # Same command, killed with SIGKILL once iteration 2's checkpoint is complete, then started again.
+  proc = subprocess.Popen(train_cmd(model_dir, resumed, "--config.train.steps=4"), cwd=ROOT, env=ENV,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not os.path.isdir(os.path.join(resumed, "checkpoints", "2")):
+    assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert len(read_metrics(resumed)) < 4
+  res = run_train(model_dir, resumed, "--config.train.steps=4")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resumed from iteration 2" in res.stderr or "resumed from iteration 3" in res.stderr, res.stderr[-3000:]
+
+  a, b = read_metrics(straight), read_metrics(resumed)
+  assert [r["step"] for r in b] == [1, 2, 3, 4]
+  for ra, rb in zip(a, b):
+    assert ra.keys() == rb.keys()
+    for k in ra:
+      assert ra[k] == pytest.approx(rb[k], rel=1e-6, abs=1e-9), (ra["step"], k)
+  pa, pb = final_params(straight, 4), final_params(resumed, 4)
+  assert pa.keys() == pb.keys()
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
