@@ -51,8 +51,10 @@ def get_config():
       eval_split="valid_unseen",
       num_workers=4,
       step_timeout_s=120.0,
-      retriever_url="http://127.0.0.1:8000/retrieve",
+      retriever_url="http://127.0.0.1:8000/retrieve",  # search_qa: a Search-R1 /retrieve server
       topk=3,
+      train_questions="",  # search_qa: jsonl with id, question, golden_answers
+      eval_questions="",
   ))
 
   c.analyzer = ml_collections.ConfigDict(dict(
@@ -74,7 +76,6 @@ def get_config():
       adv_norm="mean_std",  # mean_std | mean
       group_stats="steps",  # steps (every step sample) | trajectories (one value per trajectory)
       invalid_penalty=0.1,
-      success_reward=10.0,
   ))
 
   c.ppo = ml_collections.ConfigDict(dict(
