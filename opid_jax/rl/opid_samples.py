@@ -69,6 +69,13 @@ def build_samples(trajectories: Sequence[Trajectory], *, score: ScoreFn, params,
   steps = flatten_steps(trajectories)
   if not steps:
     return [], {"samples": 0}
+  scored_tokens = [0]
+  raw_score = score
+
+  def score(prompts, responses, params):
+    scored_tokens[0] += sum(len(p) + len(r) for p, r in zip(prompts, responses))
+    return raw_score(prompts, responses, params)
+
   prompts = [s.prompt_ids for _, s in steps]
   responses = [s.response_ids for _, s in steps]
   logp_old = score(prompts, responses, params)
@@ -101,4 +108,6 @@ def build_samples(trajectories: Sequence[Trajectory], *, score: ScoreFn, params,
   metrics = adv.advantage_metrics(a_ep, a_skill, has_skill, settings.lambda_skill)
   metrics["samples"] = len(samples)
   metrics["response_tokens"] = int(sum(len(r) for r in responses))
+  metrics["sample_tokens"] = int(sum(len(p) + len(r) for p, r in zip(prompts, responses)))
+  metrics["scored_tokens"] = scored_tokens[0]  # over every scoring pass (old, reference, skill)
   return samples, metrics
