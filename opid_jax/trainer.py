@@ -233,8 +233,7 @@ def train(config, workdir: str) -> dict[str, float]:
         metrics = run_iteration(run, iteration, timer)
         done = iteration + 1
         with timer.phase("checkpoint"):
-          run.checkpointer.save(done, run.state, host_state(run, done), force=guard.requested or
-                                done == config.train.steps)
+          run.checkpointer.save(done, run.state, host_state(run, done), force=done == config.train.steps)
         if config.train.eval_every and done % config.train.eval_every == 0:
           with timer.phase("eval"):
             metrics.update(run_evaluation(run, done))
@@ -242,7 +241,8 @@ def train(config, workdir: str) -> dict[str, float]:
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/") and k != "time/step")
         run.writer.write(done, metrics)
         last = metrics
-        if guard.requested:
+        if guard.requested:  # checked last, so a signal during logging is honoured too
+          run.checkpointer.save(done, run.state, host_state(run, done), force=True)
           log.warning("stop requested: saved iteration %d, exiting", done)
           break
   finally:

@@ -98,3 +98,23 @@ def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
   assert pa.keys() == pb.keys()
   for k in pa:
     np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_cleanly(model_dir, tmp_path):
+  workdir = str(tmp_path / "preempted")
+  proc = subprocess.Popen(train_cmd(model_dir, workdir, "--config.train.steps=50",
+                                    "--config.checkpoint.save_every=1000"),
+                          cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "stop requested" in err
+  done = len(read_metrics(workdir))
+  assert 1 <= done < 50
+  # save_every=1000 would never save on schedule: the checkpoint is the preemption save.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(done)]
