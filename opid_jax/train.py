@@ -6,27 +6,16 @@
 Restarting the same command resumes from the latest complete checkpoint in the workdir.
 """
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
+from opid_jax.cli import parse_flags_or_exit, quiet_libraries
 from opid_jax.errors import UserError, exit_on_user_error
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/path).", required=True)
 FLAGS = flags.FLAGS
-
-
-def parse_flags_or_exit(argv):
-  """absl's parser, but a bad flag (e.g. a misspelt --config key) is one line and exit code 2."""
-  try:
-    return FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 @exit_on_user_error
@@ -37,8 +26,7 @@ def main(argv):
     raise UserError("--config is required (e.g. --config=configs/alfworld.py)")
   from opid_jax import config_validation, trainer
   config_validation.validate(config)
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and JAX are chatty at INFO
+  quiet_libraries()
   trainer.write_config(config, FLAGS.workdir)
   trainer.train(config, FLAGS.workdir)
 

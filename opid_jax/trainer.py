@@ -260,3 +260,55 @@ def write_config(config, workdir: str) -> None:
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+
+
+def restore_latest_params(config, workdir: str, params, checkpoint_dir: str | None = None):
+  """The policy parameters of the latest checkpoint in the workdir, or None when there is none."""
+  checkpointer = ckpt_lib.Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"))
+  try:
+    latest = checkpointer.latest_step()
+    if latest is None:
+      return None, None
+    q = config.optim
+    tx = update.make_optimizer(lr=q.lr, warmup_steps=q.warmup_steps, schedule=q.schedule,
+                               total_steps=max(1, config.train.steps), weight_decay=q.weight_decay,
+                               grad_clip=q.grad_clip, b1=q.b1, b2=q.b2, eps=q.eps)
+    state = jax.eval_shape(lambda p: update.init_train_state(p, tx), params)
+    shardings = jax.tree.map(lambda x: x.sharding, update.TrainState(params, None, None))
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), state)
+    abstract = abstract._replace(params=jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract.params, shardings.params))
+    _, restored, _ = checkpointer.restore(latest, abstract)
+    return restored.params, latest
+  finally:
+    checkpointer.close()
+
+
+def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
+  """Evaluates the latest checkpoint (or the plain model); writes eval_<split>.json/.md in the workdir."""
+  env = registry.build(config.env, config.rollout)
+  loaded = loading.load(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  _, params = nnx.split(loaded.model)
+  restored, step = restore_latest_params(config, workdir, params, config.checkpoint.dir or None)
+  if restored is not None:
+    nnx.update(loaded.model, restored)
+  prompt_buckets = padding.buckets_up_to(config.rollout.max_prompt_tokens, config.train.prompt_buckets)
+  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets,
+                    truncate_left=config.rollout.truncation_side == "left")
+  r = config.rollout
+  sampling = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+  policy = make_policy(sampler, sampling, jax.random.PRNGKey(config.train.seed))
+  tasks = env.eval_tasks[:num_tasks] if num_tasks else env.eval_tasks
+  num_envs = max(1, min(len(tasks), r.tasks_per_batch * r.group_size))
+  with EnvPool(env.eval_factory or env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
+               timeout_s=config.env.step_timeout_s) as pool:
+    table, _ = evaluation.evaluate(pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens)
+  from etils import epath
+  out = epath.Path(workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  base = out / f"eval_{config.env.eval_split}"
+  report = {"checkpoint_iteration": step, "model": config.model.path, "split": config.env.eval_split,
+            "tasks": len(tasks), "temperature": r.eval_temperature, "table": table}
+  (base.parent / (base.name + ".json")).write_text(json.dumps(report, indent=2))
+  (base.parent / (base.name + ".md")).write_text(evaluation.markdown_table(table) + "\n")
+  return table, str(base)

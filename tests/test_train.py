@@ -118,3 +118,19 @@ def test_sigterm_saves_and_exits_cleanly(model_dir, tmp_path):
   assert 1 <= done < 50
   # save_every=1000 would never save on schedule: the checkpoint is the preemption save.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(done)]
+
+
+def test_evaluate_a_checkpoint_and_a_plain_model(model_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  res = run_train(model_dir, workdir, "--config.train.steps=1")
+  assert res.returncode == 0, res.stderr[-3000:]
+  for wd, iteration in ((workdir, 1), (str(tmp_path / "plain"), None)):
+    res = subprocess.run([sys.executable, "-m", "opid_jax.evaluate", "--config=configs/smoke.py", f"--workdir={wd}",
+                          f"--config.model.path={model_dir}", "--num_tasks=6"], cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.startswith("| task type | episodes | success")
+    with open(os.path.join(wd, "eval_valid_unseen.json")) as f:
+      report = json.load(f)
+    assert report["checkpoint_iteration"] == iteration and report["table"]["all"]["episodes"] == 6
+    assert 0.0 <= report["table"]["all"]["valid_action_ratio"] <= 1.0

@@ -1,0 +1,47 @@
+"""Evaluate a policy alone (no analyzer, no skills) on a fixed, de-duplicated task list.
+
+  python -m opid_jax.evaluate --config=configs/alfworld.py --workdir=DIR [--split=valid_unseen]
+      [--config.model.path=...] [--num_tasks=N]
+
+Uses the latest checkpoint in WORKDIR when there is one, else the plain model at config.model.path.
+Prints a markdown table (success per task type, or exact match per QA dataset; mean episode length;
+valid-action ratio) and writes WORKDIR/eval_<split>.json and .md.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from opid_jax.errors import UserError, exit_on_user_error
+from opid_jax.cli import parse_flags_or_exit, quiet_libraries
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
+                                          lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory; its latest checkpoint is evaluated if present.", required=True)
+flags.DEFINE_string("split", None, "Evaluation split (default: config.env.eval_split).")
+flags.DEFINE_integer("num_tasks", 0, "Evaluate only the first N tasks of the split (0: all).")
+FLAGS = flags.FLAGS
+
+
+@exit_on_user_error
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    raise UserError("--config is required")
+  quiet_libraries()
+  from opid_jax import config_validation, evaluation, trainer
+  config_validation.validate(config)
+  if FLAGS.split:
+    with config.unlocked():
+      config.env.eval_split = FLAGS.split
+  table, path = trainer.evaluate_run(config, FLAGS.workdir, num_tasks=FLAGS.num_tasks)
+  print(evaluation.markdown_table(table))
+  print(f"wrote {path}.json and {path}.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags_or_exit)
