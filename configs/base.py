@@ -106,7 +106,9 @@ def get_config():
       steps=150,
       seed=0,
       eval_every=0,  # 0 disables periodic evaluation
-      eval_tasks=32,
+      eval_tasks=32,  # the first N tasks of the evaluation split (a fixed list)
+      eval_at_start=False,  # evaluate the initial policy before the first iteration (logged at step 0)
+      eval_at_end=False,  # evaluate after the last iteration
       log_every=1,
       score_micro_batch=8,
       prompt_buckets=(256, 512, 1024, 2048),
