@@ -4,6 +4,10 @@
       [--config.model.path=Qwen/Qwen2.5-3B-Instruct] [--config.opid.routing=episode_only]
 
 Restarting the same command resumes from the latest complete checkpoint in the workdir.
+
+Several processes (hosts): run the same command on each, with --coordinator_address/--num_processes/
+--process_id or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID; TPU pod slices and Slurm jobs are
+detected by JAX itself (see launch/).
 """
 
 from absl import app, flags
@@ -15,6 +19,9 @@ from opid_jax.errors import UserError, exit_on_user_error
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/path).", required=True)
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 FLAGS = flags.FLAGS
 
 
@@ -24,10 +31,13 @@ def main(argv):
   config = _CONFIG.value
   if config is None:
     raise UserError("--config is required (e.g. --config=configs/alfworld.py)")
+  from opid_jax.parallel import distributed  # before anything starts a JAX backend
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from opid_jax import config_validation, trainer
   config_validation.validate(config)
   quiet_libraries()
-  trainer.write_config(config, FLAGS.workdir)
+  if distributed.is_lead():
+    trainer.write_config(config, FLAGS.workdir)
   trainer.train(config, FLAGS.workdir)
 
 

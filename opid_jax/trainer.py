@@ -23,7 +23,7 @@ from opid_jax.envs.pool import EnvPool, TaskStream
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.model import loading, padding
 from opid_jax.model.sharding import use_rules
-from opid_jax.parallel import mesh as mesh_lib
+from opid_jax.parallel import distributed, mesh as mesh_lib
 from opid_jax.rl import batch as batch_lib
 from opid_jax.rl import opid_samples, update
 from opid_jax.rl.scoring import Scorer
@@ -120,14 +120,16 @@ def build_run(config, workdir: str) -> Run:
   scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=config.train.score_micro_batch,
                   prompt_buckets=prompt_buckets, response_buckets=config.train.response_buckets,
                   truncate_left=truncate)
-  num_envs = config.rollout.tasks_per_batch * config.rollout.group_size
+  # Each process plays its contiguous share of the task groups in its own env pool.
+  share = distributed.process_share(config.rollout.tasks_per_batch, "rollout.tasks_per_batch")
+  num_envs = (share.stop - share.start) * config.rollout.group_size
   pool = EnvPool(env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
                  timeout_s=config.env.step_timeout_s)
   stream = TaskStream(env.train_tasks, seed=config.train.seed)
   checkpointer = ckpt_lib.Checkpointer(config.checkpoint.dir or os.path.join(workdir, "checkpoints"),
                                        keep=config.checkpoint.keep, save_every=config.checkpoint.save_every,
                                        async_save=config.checkpoint.async_save)
-  writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead())
   run = Run(config, mesh, rules, loaded, graphdef, tx, state, ref_params, sampler, scorer, env, pool, stream,
             make_analyzer(config), writer, checkpointer)
   _maybe_restore(run)
@@ -161,12 +163,20 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
   config, settings = run.config, opid_settings(run.config)
   r = config.rollout
   sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-  tasks = run.stream.next_tasks(r.tasks_per_batch)
+  tasks = run.stream.next_tasks(r.tasks_per_batch)  # the same list on every process
+  share = distributed.process_share(r.tasks_per_batch, "rollout.tasks_per_batch")
   with timer.phase("rollout"):
-    policy = make_policy(run.sampler, sampling, iteration_key(config, iteration))
-    trajectories = rollout.run_groups(run.pool, policy, run.loaded.tokenizer, tasks, r.group_size, run.env.agent,
-                                      r.max_prompt_tokens, first_group_id=iteration * r.tasks_per_batch)
+    policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(config, iteration)))
+    trajectories = rollout.run_groups(run.pool, policy, run.loaded.tokenizer, tasks[share], r.group_size,
+                                      run.env.agent, r.max_prompt_tokens,
+                                      first_group_id=iteration * r.tasks_per_batch + share.start,
+                                      first_traj_id=share.start * r.group_size)
+    policy.finish()
   handle = run.analyzer.analyze_many_async(trajectories) if run.analyzer is not None else None
+  if jax.process_count() > 1:
+    # Scoring and the update see every trajectory, in the single-process order, on every process.
+    trajectories = distributed.concat_across_processes(trajectories)
+    handle = _GatheredAnalyses(handle) if handle is not None else None
 
   def score(prompts, responses, params):
     return run.scorer.score(prompts, responses, temperature=r.temperature, params=params).logprobs
@@ -184,10 +194,11 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
           prompt_buckets=run.scorer.prompt_buckets, response_buckets=config.train.response_buckets,
           with_ref=settings.use_reference)
       for mb in batches:
-        mb = {k: jax.device_put(v, mesh_lib.batch_sharding(run.mesh, run.rules, v.ndim, batch_dim=1))
+        mb = {k: distributed.global_array(v, mesh_lib.batch_sharding(run.mesh, run.rules, v.ndim, batch_dim=1),
+                                          batch_dim=1)
               for k, v in mb.items()}
         run.state, m = update.train_step(run.state, mb, graphdef=run.graphdef, tx=run.tx, cfg=loss_config(config))
-        for k, v in jax.device_get(m).items():
+        for k, v in distributed.fetch(m).items():
           ppo_metrics.setdefault(k, []).append(float(v))
     _sync_params(run)
   metrics = evaluation.trajectory_metrics(trajectories)
@@ -196,24 +207,42 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
   metrics["loss"] = metrics.get("ppo/loss", float("nan"))
   metrics["optimizer_steps"] = int(run.state.step)
   if handle is not None:
-    metrics.update(handle.stats.as_dict(prefix="analyzer/"))
+    stats = handle.stats.as_dict(prefix="analyzer/")
+    if jax.process_count() > 1:
+      stats = distributed.sum_across_processes(stats, take_max=("analyzer/seconds",))
+    metrics.update(stats)
   return metrics
+
+
+class _GatheredAnalyses:
+  """An analysis handle whose result() holds the analyses of every process (each ran its own share)."""
+
+  def __init__(self, handle):
+    self._handle = handle
+    self.stats = handle.stats
+
+  def result(self, timeout: float | None = None):
+    return distributed.concat_across_processes(self._handle.result(timeout))
 
 
 def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
   c = run.config
   sampling = SamplingParams(temperature=c.rollout.eval_temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
                             max_new_tokens=c.rollout.max_new_tokens)
-  policy = make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20))
+  policy = distributed.Lockstep(
+      make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20)))
   tasks = run.env.eval_tasks[:c.train.eval_tasks]
+  tasks = tasks[distributed.process_range(len(tasks))]
   pool = run.pool if run.env.eval_factory is None else EnvPool(run.env.eval_factory, run.pool.num_envs,
                                                                c.env.num_workers, c.env.step_timeout_s)
   try:
-    table, _ = evaluation.evaluate(pool, policy, run.loaded.tokenizer, run.env.agent, tasks,
-                                   c.rollout.max_prompt_tokens)
+    _, trajectories = evaluation.evaluate(pool, policy, run.loaded.tokenizer, run.env.agent, tasks,
+                                          c.rollout.max_prompt_tokens)
+    policy.finish()
   finally:
     if pool is not run.pool:
       pool.close()
+  table = evaluation.per_task_type(distributed.concat_across_processes(trajectories))
   return {f"eval/{k}": v for k, v in table["all"].items()}
 
 
@@ -241,7 +270,7 @@ def train(config, workdir: str) -> dict[str, float]:
         metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/") and k != "time/step")
         run.writer.write(done, metrics)
         last = metrics
-        if guard.requested:  # checked last, so a signal during logging is honoured too
+        if distributed.any_process(guard.requested):  # checked last: a signal during logging counts too
           run.checkpointer.save(done, run.state, host_state(run, done), force=True)
           log.warning("stop requested: saved iteration %d, exiting", done)
           break

@@ -20,6 +20,7 @@ from flax import nnx
 from opid_jax.errors import UserError
 from opid_jax.model import padding
 from opid_jax.model.decoder import Decoder, init_cache, positions_from_mask
+from opid_jax.parallel.distributed import fetch  # gathers outputs that span several hosts
 
 TRACE_COUNTS = {"generate": 0}  # incremented at trace time only: tests use it to count compilations
 
@@ -157,7 +158,7 @@ class Sampler:
           self.graphdef, self.params, ids, mask, jax.random.fold_in(key, i),
           jnp.float32(sampling.temperature), jnp.float32(sampling.top_p), jnp.int32(sampling.top_k),
           self.stop_ids, jnp.int32(self.pad_id), max_new_tokens=sampling.max_new_tokens)
-      out_ids, out_lp, lengths, done = jax.device_get((out_ids, out_lp, lengths, done))
+      out_ids, out_lp, lengths, done = fetch((out_ids, out_lp, lengths, done))
       for r in range(len(part)):
         n = int(lengths[r])
         tokens.append(out_ids[r, :n].tolist())

@@ -200,16 +200,15 @@ class Decoder(nnx.Module):
       new_cache.append(layer_cache)
     return self.final_norm(x), (new_cache if cache is not None else None)
 
-  def output_weights(self) -> jax.Array:
-    """The vocabulary projection as (embed, vocab), in the compute dtype."""
+  def logits(self, hidden) -> jax.Array:
+    """Float32 logits for (a few) hidden states; never call this on a whole long batch.
+
+    Tied models contract directly against the (vocab, embed) table: no transposed copy of it is made.
+    """
     dt = jnp.dtype(self.cfg.dtype)
     if self.cfg.tie_word_embeddings:
-      return self.embed[...].astype(dt).T
-    return self.lm_head[...].astype(dt)
-
-  def logits(self, hidden) -> jax.Array:
-    """Float32 logits for (a few) hidden states; never call this on a whole long batch."""
-    return jnp.einsum("...d,dv->...v", hidden, self.output_weights(), preferred_element_type=jnp.float32)
+      return jnp.einsum("...d,vd->...v", hidden, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[LayerCache]:

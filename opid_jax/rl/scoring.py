@@ -19,14 +19,15 @@ from flax import nnx
 from opid_jax.errors import UserError
 from opid_jax.model import padding
 from opid_jax.model.decoder import Decoder, positions_from_mask
+from opid_jax.parallel.distributed import fetch  # gathers outputs that span several hosts
 
 TRACE_COUNTS = {"score": 0}
 DEFAULT_RESPONSE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
 
-def _chunk_logprobs(hidden, targets, weights, temperature, with_entropy):
+def _chunk_logprobs(hidden, targets, project, temperature, with_entropy):
   """hidden [B, c, D], targets [B, c] -> log-probs [B, c] (and entropy [B, c]) in float32."""
-  logits = jnp.einsum("bcd,dv->bcv", hidden, weights, preferred_element_type=jnp.float32) / temperature
+  logits = project(hidden) / temperature
   log_z = jax.nn.logsumexp(logits, axis=-1)
   picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   logp = picked - log_z
@@ -53,14 +54,13 @@ def token_logprobs(model: Decoder, prompt_ids, prompt_mask, response_ids, respon
     raise ValueError(f"response length {resp_len} is not a multiple of the chunk size {chunk}")
   n = resp_len // chunk
   batch, _, dim = hidden.shape
-  weights = model.output_weights()
   h_chunks = hidden.reshape(batch, n, chunk, dim).swapaxes(0, 1)
   t_chunks = response_ids.reshape(batch, n, chunk).swapaxes(0, 1)
 
   @jax.checkpoint
   def one(carry, xs):
     h, t = xs
-    return carry, _chunk_logprobs(h, t, weights, temperature, with_entropy)
+    return carry, _chunk_logprobs(h, t, model.logits, temperature, with_entropy)
 
   _, (logp, entropy) = jax.lax.scan(one, None, (h_chunks, t_chunks))
   logp = logp.swapaxes(0, 1).reshape(batch, resp_len)
@@ -125,7 +125,7 @@ class Scorer:
       r_ids, r_mask = padding.pad_right(part_r, r_len, self.micro_batch, self.pad_id)
       lp, ent = score_arrays(self.graphdef, params, p_ids, p_mask, r_ids, r_mask, jnp.float32(temperature),
                              chunk_size=min(self.chunk_size, r_len), with_entropy=with_entropy)
-      lp, ent = jax.device_get((lp, ent))
+      lp, ent = fetch((lp, ent))
       for j, i in enumerate(rows):
         n = len(responses[i])
         logprobs[i] = np.asarray(lp[j, :n])
