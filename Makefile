@@ -1,5 +1,6 @@
 # make setup  : .venv with the pinned runtime stack (CPU jax) and the offline demo model
 # make test   : the whole test suite, offline (what .ci/run calls)
+# make demo   : OPID on real ALFWorld games with SmolLM2-135M, offline, CPU (about 15 minutes)
 # make data   : unpack the ALFWorld games into ./data (from ../shared/data or ALFWORLD_ARCHIVE)
 # make bench  : engine benchmark against transformers
 
@@ -10,7 +11,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 SHARED ?= ../shared
 ALFWORLD_ARCHIVE ?= $(SHARED)/data/alfworld/json_2.1.1.tar.gz
 
-.PHONY: setup setup-test test test-fast data bench clean
+.PHONY: setup setup-test test test-fast data demo bench clean
 
 setup: $(VENV)/.runtime
 
@@ -36,6 +37,9 @@ test-fast: setup-test
 
 data: setup
 	$(PY) scripts/unpack_alfworld.py --archive=$(ALFWORLD_ARCHIVE) --dest=data/alfworld
+
+demo: setup data
+	HF_HUB_OFFLINE=1 $(PY) -m opid_jax.train --config=configs/demo.py --workdir=runs/demo
 
 bench: setup-test
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine.py
