@@ -5,43 +5,16 @@
 The run's saved config (WORKDIR/config.json) names the base model, whose tokenizer is copied along.
 """
 
-import json
-import os
-
 from absl import app, flags
 
 from opid_jax.cli import parse_flags_or_exit, quiet_libraries
-from opid_jax.errors import UserError, exit_on_user_error
+from opid_jax.errors import exit_on_user_error
+from opid_jax.exporting import export
 
 flags.DEFINE_string("workdir", None, "Run directory with config.json and checkpoints/.", required=True)
 flags.DEFINE_string("out", None, "Output folder for the Hugging Face checkpoint.", required=True)
 flags.DEFINE_string("dtype", None, "Weight dtype to write (default: the run's param_dtype).")
 FLAGS = flags.FLAGS
-
-
-def load_run_config(workdir: str):
-  import ml_collections
-  from etils import epath
-  path = epath.Path(workdir) / "config.json"
-  if not path.exists():
-    raise UserError(f"{path} not found: is {workdir} a training run directory?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def export(workdir: str, out: str, dtype: str | None = None) -> int:
-  """Writes the HF folder; returns the exported checkpoint's iteration."""
-  from flax import nnx
-  from opid_jax import trainer
-  from opid_jax.model import hf_io, loading
-  config = load_run_config(workdir)
-  loaded = loading.load(config.model.path, dtype="float32", param_dtype=config.model.param_dtype)
-  _, params = nnx.split(loaded.model)
-  restored, step = trainer.restore_latest_params(config, workdir, params, config.checkpoint.dir or None)
-  if restored is None:
-    raise UserError(f"no checkpoint under {os.path.join(workdir, 'checkpoints')}")
-  nnx.update(loaded.model, restored)
-  hf_io.export_hf(loaded.model, out, tokenizer=loaded.tokenizer, dtype=dtype)
-  return step
 
 
 @exit_on_user_error

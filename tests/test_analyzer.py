@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import tarfile
 import time
@@ -18,7 +19,9 @@ from opid_jax.skills.openai_backend import ChatCompletionsClient
 from opid_jax.skills.records import AnalyzerStats
 from tests.fault_server import FaultServer
 
-ALFWORLD_ARCHIVE = "/work/shared/data/alfworld/json_2.1.1.tar.gz"
+from shared_data import ALFWORLD_ARCHIVE_DEFAULT
+
+ALFWORLD_ARCHIVE = os.environ.get("ALFWORLD_ARCHIVE") or ALFWORLD_ARCHIVE_DEFAULT
 GAME_FOLDER = "/pick_clean_then_place_in_recep-Apple-None-DiningTable-19/"
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 
 from hf_fixtures import hf_logits, make_hf_model, random_prompt, save_tiny_tokenizer
 from opid_jax import trainer
-from opid_jax.export import load_run_config
+from opid_jax.exporting import load_run_config
 from opid_jax.model import decoder, loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

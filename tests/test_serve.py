@@ -9,7 +9,7 @@ import pytest
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
 from opid_jax.agent.trajectory import Step, Trajectory
 from opid_jax.envs.base import Hindsight
-from opid_jax.serve import build_server
+from opid_jax.generation.server import build_server
 from opid_jax.skills.backends import make_backend
 
 

@@ -9,6 +9,8 @@ import pathlib
 
 import pytest
 
+import shared_data
+
 from opid_jax.envs import webshop_catalogue as catalogue
 from opid_jax.envs import webshop_data as data
 from opid_jax.envs.webshop import (GROUP_SIZE, HISTORY_LENGTH, INVALID_PENALTY, MAX_STEPS, SUCCESS_REWARD,
@@ -20,7 +22,7 @@ from opid_jax.envs.webshop_reward import (attribute_matches, name_nouns, option_
 from opid_jax.envs.webshop_world import TEST_GOALS, build_world, load_world
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_WEBSHOP = pathlib.Path(os.environ.get('OPID_SHARED_DIR', REPO.parent / 'shared')) / 'data' / 'webshop'
+SHARED_WEBSHOP = pathlib.Path(shared_data.SHARED_DATA) / 'webshop'
 
 
 # --- fixtures -----------------------------------------------------------------------------------------
@@ -427,7 +429,7 @@ def excerpt_world():
   products = SHARED_WEBSHOP / 'items_shuffle_1000.excerpt4.json'
   attributes = SHARED_WEBSHOP / 'items_ins_v2_1000.json'
   if not (products.exists() and attributes.exists()):
-    pytest.skip(f'shared WebShop data not found under {SHARED_WEBSHOP}')
+    raise FileNotFoundError(f'shared WebShop data not found under {SHARED_WEBSHOP} (set OPID_SHARED_DATA)')
   return load_world(products_path=str(products), attributes_path=str(attributes))
 
 

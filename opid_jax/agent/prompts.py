@@ -1,0 +1,109 @@
+"""Step prompts: one user message per step, rendered to plain text, then wrapped by the chat template.
+
+Layout shared by every environment (the skill router relies on its anchors):
+  role line
+  task line                        `Your task is to: ...` / `Your question: ...` (episode-skill anchor)
+  steps taken so far, and from step 1 on the last K `[Observation n: '...', Action n: '...']` pairs
+  current step number and observation
+  admissible actions as a quoted list
+  (blank line)
+  final instruction line           starts with `Now it's your turn` (step-skill anchor)
+Steps are numbered from 1 in the text; `step_index` arguments are 0-based.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+TASK_ANCHOR = "Your task is to: "
+QUESTION_ANCHOR = "Your question: "
+TURN_ANCHOR = "Now it's your turn"
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+  observation: str  # what the agent saw at that step
+  action: str  # what the env received at that step
+
+
+def format_action_list(actions: Sequence[str]) -> str:
+  return "[" + ", ".join(f"'{action}'" for action in actions) + "]"
+
+
+def format_history(history: Sequence[HistoryEntry], history_length: int) -> str:
+  """The last `history_length` entries, numbered by their absolute (1-based) step."""
+  first = max(0, len(history) - history_length)
+  return "\n".join(
+      f"[Observation {n}: '{entry.observation}', Action {n}: '{entry.action}']"
+      for n, entry in enumerate(history[first:], start=first + 1))
+
+
+def _progress_lines(history: Sequence[HistoryEntry], history_length: int, what: str) -> list[str]:
+  steps_taken = len(history)
+  if steps_taken == 0:
+    return ["You have taken 0 steps so far."]
+  shown = min(steps_taken, history_length)
+  return [
+      f"You have taken {steps_taken} step(s) so far. Your last {shown} {what}:",
+      format_history(history, history_length),
+  ]
+
+
+def render_alfworld_prompt(task: str, observation: str, admissible_actions: Sequence[str],
+                           history: Sequence[HistoryEntry], history_length: int = 5) -> str:
+  """The ALFWorld step prompt; `history` holds every earlier step of the episode."""
+  lines = [
+      "You are an expert household agent acting in the ALFRED text world.",
+      f"{TASK_ANCHOR}{task}",
+      *_progress_lines(history, history_length, "observations and the actions you took"),
+      f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
+      f"The admissible actions in this situation are: {format_action_list(admissible_actions)}",
+      "",
+      f"{TURN_ANCHOR} to act: first reason step by step about the situation inside <think> </think> "
+      "tags, then pick exactly one admissible action and write it inside <action> </action> tags.",
+  ]
+  return "\n".join(lines)
+
+
+SEARCH_ACTIONS = ("<search> query </search>", "<answer> final answer </answer>")
+
+
+def render_search_prompt(task: str, observation: str, admissible_actions: Sequence[str],
+                         history: Sequence[HistoryEntry], history_length: int = 4) -> str:
+  """The Search-QA step prompt; `task` is the question. The action space is free text, so the
+  list shows the two action forms (`admissible_actions` is ignored)."""
+  del admissible_actions
+  lines = [
+      "You are an expert agent who answers questions step by step, searching the web when "
+      "knowledge is missing.",
+      f"{QUESTION_ANCHOR}{task}",
+      *_progress_lines(history, history_length, "observations and the actions you took "
+                       "(search results are wrapped in <information> </information>)"),
+      f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
+      f"The actions available to you are: {format_action_list(SEARCH_ACTIONS)}",
+      "",
+      f"{TURN_ANCHOR} to respond: first reason inside <think> </think> tags, then do exactly one of "
+      "two things: if some knowledge is missing or uncertain, write a query inside "
+      "<search> </search> tags and the top results will come back inside "
+      "<information> </information>; if you are confident, give a short final answer inside "
+      "<answer> </answer> tags.",
+  ]
+  return "\n".join(lines)
+
+
+def to_chat_text(tokenizer: Any, user_text: str, enable_thinking: bool = False) -> str:
+  """Wraps the user message in the tokenizer's chat template with the assistant turn opened.
+  `enable_thinking` is read by Qwen3 templates and ignored by others."""
+  messages = [{"role": "user", "content": user_text}]
+  return tokenizer.apply_chat_template(
+      messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking)
+
+
+def tokenize_prompt(tokenizer: Any, chat_text: str, max_tokens: int | None = None) -> list[int]:
+  """Token ids of a chat-templated prompt, cut from the left to `max_tokens` (the published setups
+  truncate on the left so that the current observation and the instruction survive)."""
+  ids = list(tokenizer(chat_text, add_special_tokens=False)["input_ids"])
+  if max_tokens is not None and len(ids) > max_tokens:
+    ids = ids[-max_tokens:]
+  return ids

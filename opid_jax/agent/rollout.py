@@ -1,0 +1,147 @@
+"""Runs groups of episodes to the end: each turn, one batched policy call over every running env.
+
+The policy is any callable `policy(prompt_ids) -> [(response_ids, sampled_logprobs), ...]`, one pair
+per prompt in order; the tokenizer (a Hugging Face tokenizer) applies the chat template and decodes.
+
+Each Step's `prompt_text` is the chat-templated prompt its `prompt_ids` come from (cut on the left
+to `max_prompt_tokens`); `Trajectory.info["user_prompts"]` holds the plain user message of every
+step, which is what the skill router injects into before the template is applied again, and
+`info["format_problems"]` maps the index of each invalid step to what was wrong with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+from opid_jax.agent import parsing, prompts
+from opid_jax.agent.trajectory import Step, Trajectory
+from opid_jax.envs.base import StepResult
+from opid_jax.envs.pool import EnvPool, failure_of
+
+Policy = Callable[[list[list[int]]], list[tuple[list[int], list[float]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+  """How the agent talks to one kind of env."""
+  render: Callable[..., str]  # (task, observation, admissible_actions, history, history_length)
+  parse: Callable[[str], parsing.ParsedAction]
+  history_length: int
+  max_steps: int  # a safety cap; the env normally ends the episode itself
+
+
+def alfworld_agent(history_length: int = 5, max_steps: int = 30) -> AgentSpec:
+  return AgentSpec(prompts.render_alfworld_prompt, parsing.parse_text_action, history_length,
+                   max_steps)
+
+
+def search_agent(history_length: int = 4, max_steps: int = 4) -> AgentSpec:
+  return AgentSpec(prompts.render_search_prompt, parsing.parse_search_response, history_length,
+                   max_steps)
+
+
+@dataclasses.dataclass
+class _Episode:
+  """Host-side state of one running episode."""
+  env_index: int
+  trajectory: Trajectory
+  observation: str = ""
+  admissible_actions: list[str] = dataclasses.field(default_factory=list)
+  history: list[prompts.HistoryEntry] = dataclasses.field(default_factory=list)
+  running: bool = True
+
+
+def group_tasks(task_ids: Sequence[str], group_size: int, first_group_id: int = 0,
+                first_traj_id: int = 0) -> list[tuple[int, int, str]]:
+  """`(group_id, traj_id, task_id)` for every episode: each task repeated `group_size` times."""
+  episodes = []
+  for g, task_id in enumerate(task_ids):
+    for k in range(group_size):
+      episodes.append((first_group_id + g, first_traj_id + g * group_size + k, task_id))
+  return episodes
+
+
+def run_groups(pool: EnvPool, policy: Policy, tokenizer: Any, task_ids: Sequence[str],
+               group_size: int, agent: AgentSpec, max_prompt_tokens: int | None = 2048,
+               enable_thinking: bool = False, first_group_id: int = 0,
+               first_traj_id: int = 0) -> list[Trajectory]:
+  """Plays `group_size` episodes of each task to the end; trajectories come back in
+  `(group, member)` order. Episodes run in waves of at most `pool.num_envs`."""
+  episodes = group_tasks(task_ids, group_size, first_group_id, first_traj_id)
+  trajectories = []
+  for start in range(0, len(episodes), pool.num_envs):
+    trajectories.extend(_run_wave(pool, policy, tokenizer, episodes[start:start + pool.num_envs],
+                                  agent, max_prompt_tokens, enable_thinking))
+  return trajectories
+
+
+def _run_wave(pool: EnvPool, policy: Policy, tokenizer: Any,
+              wave: Sequence[tuple[int, int, str]], agent: AgentSpec,
+              max_prompt_tokens: int | None, enable_thinking: bool) -> list[Trajectory]:
+  resets = pool.reset([(env_index, task_id) for env_index, (_, _, task_id) in enumerate(wave)])
+  hindsights = pool.hindsight(list(range(len(wave))))
+  episodes = []
+  for env_index, ((group_id, traj_id, task_id), reset, hindsight) in enumerate(
+      zip(wave, resets, hindsights)):
+    trajectory = Trajectory(group_id=group_id, traj_id=traj_id, task_id=task_id, task=reset.task,
+                            task_type=reset.task_type, hindsight=hindsight,
+                            failure_reason=failure_of(reset),
+                            info={"truncated": False, "user_prompts": [],
+                                  "format_problems": {}})
+    episodes.append(_Episode(env_index, trajectory, reset.observation,
+                             list(reset.admissible_actions), running=not trajectory.failure_reason))
+  while True:
+    running = [e for e in episodes if e.running]
+    if not running:
+      break
+    _play_turn(pool, policy, tokenizer, running, agent, max_prompt_tokens, enable_thinking)
+  return [e.trajectory for e in episodes]
+
+
+def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Episode],
+               agent: AgentSpec, max_prompt_tokens: int | None, enable_thinking: bool) -> None:
+  user_texts = [agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history,
+                             agent.history_length) for e in running]
+  for episode, user_text in zip(running, user_texts):
+    episode.trajectory.info["user_prompts"].append(user_text)
+  prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) for text in user_texts]
+  prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens) for text in prompt_texts]
+  samples = policy(prompt_ids)
+  if len(samples) != len(running):
+    raise ValueError(f"policy returned {len(samples)} responses for {len(running)} prompts")
+  response_texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in samples]
+  parsed = [agent.parse(text) for text in response_texts]
+  results = pool.step([(e.env_index, p.action) for e, p in zip(running, parsed)])
+  for i, episode in enumerate(running):
+    _record_step(episode, prompt_texts[i], prompt_ids[i], samples[i], response_texts[i], parsed[i],
+                 results[i], agent.max_steps)
+
+
+def _record_step(episode: _Episode, prompt_text: str, prompt_ids: list[int],
+                 sample: tuple[list[int], list[float]], response_text: str,
+                 parsed: parsing.ParsedAction, result: StepResult, max_steps: int) -> None:
+  trajectory = episode.trajectory
+  at_cap = trajectory.length + 1 >= max_steps
+  done = result.done or at_cap
+  response_ids, logprobs = sample
+  trajectory.steps.append(Step(
+      index=trajectory.length, observation=episode.observation,
+      admissible_actions=episode.admissible_actions, prompt_text=prompt_text,
+      prompt_ids=prompt_ids, response_ids=list(response_ids), response_text=response_text,
+      action=parsed.action, valid=parsed.valid, reward=float(result.reward), done=done,
+      sampled_logprobs=list(logprobs)))
+  trajectory.episode_return += float(result.reward)
+  if parsed.problem:
+    trajectory.info["format_problems"][trajectory.length - 1] = parsed.problem
+  reason = failure_of(result)
+  if reason:
+    trajectory.failure_reason = reason
+  if done:
+    trajectory.won = bool(result.won) and not reason
+    trajectory.info["truncated"] = bool(result.info.get("truncated")) or (at_cap and not result.done)
+    episode.running = False
+  else:
+    episode.history.append(prompts.HistoryEntry(episode.observation, parsed.action))
+    episode.observation = result.observation
+    episode.admissible_actions = list(result.admissible_actions)

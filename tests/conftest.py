@@ -1,0 +1,51 @@
+"""Shared test fixtures (fixtures only)."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import pytest
+
+from shared_data import ALFWORLD_ARCHIVE_DEFAULT
+
+ALFWORLD_ARCHIVE = os.environ.get("ALFWORLD_ARCHIVE") or ALFWORLD_ARCHIVE_DEFAULT
+ALFWORLD_TEST_SPLITS = ("valid_seen", "valid_unseen")
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def alfworld_games(tmp_path_factory) -> str:
+  """A data dir holding the ALFWorld evaluation splits (valid_seen, valid_unseen), unpacked once."""
+  if not os.path.isfile(ALFWORLD_ARCHIVE):
+    raise FileNotFoundError(f"ALFWorld archive not found at {ALFWORLD_ARCHIVE} (set ALFWORLD_ARCHIVE)")
+  data_dir = tmp_path_factory.mktemp("alfworld")
+  with tarfile.open(ALFWORLD_ARCHIVE, "r:gz") as tar:
+    for member in tar:
+      parts = member.name.split("/")
+      if member.isfile() and len(parts) > 1 and parts[1] in ALFWORLD_TEST_SPLITS:
+        tar.extract(member, data_dir, filter="data")
+  return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def chatml_tokenizer():
+  """A tiny byte-level BPE tokenizer (any text round-trips) with ChatML tokens and template."""
+  import transformers
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  bpe = Tokenizer(models.BPE())
+  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  bpe.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False,
+                                special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  corpus = ["You are an expert agent. Your task is to: put a mug in the sink. You arrive at desk 1.",
+            "<think>I should go there.</think><action>go to desk 1</action>",
+            "<search>Evan Morris</search><information>Doc 1(Title: x)</information>"] * 20
+  bpe.train_from_iterator(corpus, trainer)
+  tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                                   pad_token="<|endoftext|>")
+  tokenizer.chat_template = CHATML_TEMPLATE
+  return tokenizer
