@@ -234,9 +234,9 @@ def test_rollout_on_real_alfworld_games(tokenizer, alfworld_games):
     assert first.response_ids[-1] == tokenizer.eos_token_id
     assert len(first.sampled_logprobs) == len(first.response_ids)
     assert "<|im_end|>" not in first.response_text and first.response_text.endswith("</action>")
-    assert traj.info["user_prompts"][0] == prompts.render_alfworld_prompt(
+    assert first.user_prompt_text == prompts.render_alfworld_prompt(
         traj.task, first.observation, first.admissible_actions, [])
-    assert first.prompt_text == prompts.to_chat_text(tokenizer, traj.info["user_prompts"][0])
+    assert first.prompt_text == prompts.to_chat_text(tokenizer, first.user_prompt_text)
     if len(traj.steps) > 1:
       second = traj.steps[1]
       assert f"[Observation 1: '{first.observation}', Action 1: '{plan[0]}']" in second.prompt_text

@@ -66,6 +66,23 @@ def render_alfworld_prompt(task: str, observation: str, admissible_actions: Sequ
   return "\n".join(lines)
 
 
+def render_webshop_prompt(task: str, observation: str, admissible_actions: Sequence[str],
+                          history: Sequence[HistoryEntry], history_length: int = 2) -> str:
+  """The WebShop step prompt: `task` is the shopping instruction; actions are search[...] / click[...]."""
+  lines = [
+      "You are an expert autonomous agent shopping on a web store for a customer.",
+      f"{TASK_ANCHOR}{task}",
+      *_progress_lines(history, history_length, "observations and the actions you took"),
+      f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
+      f"The admissible actions in this situation are: {format_action_list(admissible_actions)}",
+      "",
+      f"{TURN_ANCHOR} to act: first reason step by step about which product and options match the "
+      "instruction inside <think> </think> tags, then write exactly one admissible action, such as "
+      "search[query] or click[button], inside <action> </action> tags.",
+  ]
+  return "\n".join(lines)
+
+
 SEARCH_ACTIONS = ("<search> query </search>", "<answer> final answer </answer>")
 
 

@@ -4,9 +4,9 @@ The policy is any callable `policy(prompt_ids) -> [(response_ids, sampled_logpro
 per prompt in order; the tokenizer (a Hugging Face tokenizer) applies the chat template and decodes.
 
 Each Step's `prompt_text` is the chat-templated prompt its `prompt_ids` come from (cut on the left
-to `max_prompt_tokens`); `Trajectory.info["user_prompts"]` holds the plain user message of every
-step, which is what the skill router injects into before the template is applied again, and
-`info["format_problems"]` maps the index of each invalid step to what was wrong with it.
+to `max_prompt_tokens`); its `user_prompt_text` is the plain user message, which is what the skill
+router injects into before the template is applied again; `Trajectory.info["format_problems"]`
+maps the index of each invalid step to what was wrong with it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class AgentSpec:
 
 def alfworld_agent(history_length: int = 5, max_steps: int = 30) -> AgentSpec:
   return AgentSpec(prompts.render_alfworld_prompt, parsing.parse_text_action, history_length,
+                   max_steps)
+
+
+def webshop_agent(history_length: int = 2, max_steps: int = 15) -> AgentSpec:
+  return AgentSpec(prompts.render_webshop_prompt, parsing.parse_text_action, history_length,
                    max_steps)
 
 
@@ -87,7 +92,7 @@ def _run_wave(pool: EnvPool, policy: Policy, tokenizer: Any,
     trajectory = Trajectory(group_id=group_id, traj_id=traj_id, task_id=task_id, task=reset.task,
                             task_type=reset.task_type, hindsight=hindsight,
                             failure_reason=failure_of(reset),
-                            info={"truncated": False, "user_prompts": [],
+                            info={"truncated": False,
                                   "format_problems": {}})
     episodes.append(_Episode(env_index, trajectory, reset.observation,
                              list(reset.admissible_actions), running=not trajectory.failure_reason))
@@ -103,8 +108,6 @@ def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Epi
                agent: AgentSpec, max_prompt_tokens: int | None, enable_thinking: bool) -> None:
   user_texts = [agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history,
                              agent.history_length) for e in running]
-  for episode, user_text in zip(running, user_texts):
-    episode.trajectory.info["user_prompts"].append(user_text)
   prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) for text in user_texts]
   prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens) for text in prompt_texts]
   samples = policy(prompt_ids)
@@ -114,11 +117,11 @@ def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Epi
   parsed = [agent.parse(text) for text in response_texts]
   results = pool.step([(e.env_index, p.action) for e, p in zip(running, parsed)])
   for i, episode in enumerate(running):
-    _record_step(episode, prompt_texts[i], prompt_ids[i], samples[i], response_texts[i], parsed[i],
+    _record_step(episode, user_texts[i], prompt_texts[i], prompt_ids[i], samples[i], response_texts[i], parsed[i],
                  results[i], agent.max_steps)
 
 
-def _record_step(episode: _Episode, prompt_text: str, prompt_ids: list[int],
+def _record_step(episode: _Episode, user_text: str, prompt_text: str, prompt_ids: list[int],
                  sample: tuple[list[int], list[float]], response_text: str,
                  parsed: parsing.ParsedAction, result: StepResult, max_steps: int) -> None:
   trajectory = episode.trajectory
@@ -130,7 +133,7 @@ def _record_step(episode: _Episode, prompt_text: str, prompt_ids: list[int],
       admissible_actions=episode.admissible_actions, prompt_text=prompt_text,
       prompt_ids=prompt_ids, response_ids=list(response_ids), response_text=response_text,
       action=parsed.action, valid=parsed.valid, reward=float(result.reward), done=done,
-      sampled_logprobs=list(logprobs)))
+      sampled_logprobs=list(logprobs), user_prompt_text=user_text))
   trajectory.episode_return += float(result.reward)
   if parsed.problem:
     trajectory.info["format_problems"][trajectory.length - 1] = parsed.problem

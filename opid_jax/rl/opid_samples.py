@@ -36,9 +36,8 @@ class OpidSettings:
 
 
 def user_prompt_of(traj: Trajectory, step: Step) -> str:
-  if step.user_prompt_text:
-    return step.user_prompt_text
-  return traj.info["user_prompts"][step.index]
+  """The step's user message before the chat template: where skills are injected."""
+  return step.user_prompt_text
 
 
 def flatten_steps(trajectories: Sequence[Trajectory]) -> list[tuple[Trajectory, Step]]:
