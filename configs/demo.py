@@ -24,7 +24,7 @@ def smollm2_gguf() -> str:
 
 def get_config():
   c = base.get_config()
-  c.model.update(path=smollm2_gguf(), dtype="float32", param_dtype="float32", remat=False)
+  c.model.update(path=smollm2_gguf(), dtype="float32", param_dtype="float32", remat=True)
   c.rollout.update(tasks_per_batch=2, group_size=4, max_steps=5, history_window=1, max_new_tokens=48,
                    max_prompt_tokens=1024, temperature=1.0, eval_temperature=0.4)
   c.env.update(name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_unseen",

@@ -114,8 +114,30 @@ class Attention(nnx.Module):
     return out, cache
 
 
+QUERY_BLOCK = 256
+
+
 def _attend(q, k, v, allowed):
-  """q: [b, t, kv_heads, groups, h]; k, v: [b, s, kv_heads, h]; allowed: [b, t, s]."""
+  """q: [b, t, kv_heads, groups, h]; k, v: [b, s, kv_heads, h]; allowed: [b, t, s].
+
+  Long inputs go through blocks of QUERY_BLOCK queries, each under jax.checkpoint: the [t, s] score matrix
+  never exists whole, in the forward or the backward pass (memory O(block x s) instead of O(t x s)).
+  """
+  t = q.shape[1]
+  if t <= QUERY_BLOCK:
+    return _attend_block(q, k, v, allowed)
+  n = -(-t // QUERY_BLOCK)
+  extra = n * QUERY_BLOCK - t  # padded queries attend to nothing useful and are dropped below
+  q = jnp.pad(q, [(0, 0), (0, extra)] + [(0, 0)] * (q.ndim - 2))
+  allowed = jnp.pad(allowed, [(0, 0), (0, extra), (0, 0)])
+  q_blocks = q.reshape(q.shape[0], n, QUERY_BLOCK, *q.shape[2:]).swapaxes(0, 1)
+  mask_blocks = allowed.reshape(allowed.shape[0], n, QUERY_BLOCK, allowed.shape[-1]).swapaxes(0, 1)
+  block = jax.checkpoint(lambda qm: _attend_block(qm[0], k, v, qm[1]))
+  out = jax.lax.map(block, (q_blocks, mask_blocks))  # [n, b, block, k, g, h]
+  return out.swapaxes(0, 1).reshape(q.shape)[:, :t]
+
+
+def _attend_block(q, k, v, allowed):
   scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
   scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
@@ -169,7 +191,17 @@ def _run_block(block, x, cos, sin, kv_valid, cache, cache_index):
   return block(x, cos, sin, kv_valid, cache, cache_index)
 
 
-_run_block_remat = nnx.remat(_run_block)
+def _run_block_remat(block, x, cos, sin, kv_valid, cache, cache_index):
+  """The block under jax.checkpoint, its parameters passed explicitly (a pure function of arrays), so it
+  composes with any enclosing jit / grad / scan / eval_shape."""
+  graphdef, state = nnx.split(block)
+
+  @jax.checkpoint
+  def run(state, x, cos, sin, kv_valid):
+    out, _ = nnx.merge(graphdef, state)(x, cos, sin, kv_valid, None, 0)
+    return out
+
+  return run(state, x, cos, sin, kv_valid), cache
 
 
 class Decoder(nnx.Module):
