@@ -161,12 +161,16 @@ class PhaseTimer:
   JAX dispatches asynchronously: block on a phase's outputs inside its `with` to time the work, not the dispatch.
   """
 
-  def __init__(self, clock: Callable[[], float] = time.perf_counter):
+  def __init__(self, clock: Callable[[], float] = time.perf_counter,
+               on_phase: Callable[[str], None] | None = None):
     self._clock = clock
+    self._on_phase = on_phase  # e.g. shows the running phase on a progress bar
     self._seconds: dict[str, float] = collections.defaultdict(float)
 
   @contextlib.contextmanager
   def phase(self, name: str) -> Iterator[None]:
+    if self._on_phase is not None:
+      self._on_phase(name)
     start = self._clock()
     try:
       yield

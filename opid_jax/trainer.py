@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from flax import nnx
 
 from opid_jax import checkpoint as ckpt_lib
@@ -28,6 +29,7 @@ from opid_jax.rl import batch as batch_lib
 from opid_jax.rl import opid_samples, update
 from opid_jax.rl.scoring import Scorer
 from opid_jax.skills.backends import make_backend
+from opid_jax.trajectory_dump import dump_trajectories
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,9 @@ class Run:
   analyzer: Any
   writer: metrics_lib.MetricsWriter
   checkpointer: ckpt_lib.Checkpointer
+  workdir: str = ""
   start_iteration: int = 0
+  last_rollout: tuple = ((), None)  # (trajectories, analyses) of the latest iteration, for the dumps
 
 
 def build_run(config, workdir: str) -> Run:
@@ -131,7 +135,7 @@ def build_run(config, workdir: str) -> Run:
                                        async_save=config.checkpoint.async_save)
   writer = metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead())
   run = Run(config, mesh, rules, loaded, graphdef, tx, state, ref_params, sampler, scorer, env, pool, stream,
-            make_analyzer(config), writer, checkpointer)
+            make_analyzer(config), writer, checkpointer, workdir)
   _maybe_restore(run)
   return run
 
@@ -185,6 +189,7 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
     samples, adv_metrics = opid_samples.build_samples(
         trajectories, score=score, params=run.state.params, ref_params=run.ref_params,
         tokenizer=run.loaded.tokenizer, settings=settings, analysis_handle=handle)
+  run.last_rollout = (trajectories, handle.result() if handle is not None else None)
   ppo_metrics: dict[str, list[float]] = {}
   with timer.phase("update"):
     for epoch in range(config.ppo.epochs):
@@ -243,7 +248,17 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
     if pool is not run.pool:
       pool.close()
   table = evaluation.per_task_type(distributed.concat_across_processes(trajectories))
+  if jax.process_index() == 0:
+    _write_eval_table(run.workdir, iteration, table)
   return {f"eval/{k}": v for k, v in table["all"].items()}
+
+
+def _write_eval_table(workdir: str, iteration: int, table: dict) -> None:
+  from etils import epath
+  folder = epath.Path(workdir) / "eval"
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / f"iter_{iteration:06d}.json").write_text(json.dumps(table, indent=2))
+  (folder / f"iter_{iteration:06d}.md").write_text(evaluation.markdown_table(table) + "\n")
 
 
 def host_state(run: Run, iteration: int) -> dict:
@@ -255,15 +270,27 @@ def train(config, workdir: str) -> dict[str, float]:
   os.makedirs(workdir, exist_ok=True) if "://" not in workdir else None
   last: dict[str, float] = {}
   run = build_run(config, workdir)
+  lead = jax.process_index() == 0
+  finished = False
   try:
     with use_rules(run.mesh, run.rules), ckpt_lib.PreemptionGuard() as guard:
-      for iteration in range(run.start_iteration, config.train.steps):
+      if config.train.eval_at_start and run.start_iteration == 0:
         timer = metrics_lib.PhaseTimer()
+        with timer.phase("eval"):
+          metrics = run_evaluation(run, 0)
+        run.writer.write(0, {**metrics, **timer.as_metrics()})
+      bar = tqdm.tqdm(range(run.start_iteration, config.train.steps), desc="iterations", disable=not lead,
+                      initial=run.start_iteration, total=config.train.steps, dynamic_ncols=True)
+      for iteration in bar:
+        timer = metrics_lib.PhaseTimer(on_phase=lambda name: bar.set_postfix_str(name))
         metrics = run_iteration(run, iteration, timer)
         done = iteration + 1
+        if lead:
+          dump_trajectories(workdir, done, *run.last_rollout)
         with timer.phase("checkpoint"):
           run.checkpointer.save(done, run.state, host_state(run, done), force=done == config.train.steps)
-        if config.train.eval_every and done % config.train.eval_every == 0:
+        periodic = config.train.eval_every and done % config.train.eval_every == 0
+        if periodic or (config.train.eval_at_end and done == config.train.steps):
           with timer.phase("eval"):
             metrics.update(run_evaluation(run, done))
         metrics.update(timer.as_metrics())
@@ -274,6 +301,8 @@ def train(config, workdir: str) -> dict[str, float]:
           run.checkpointer.save(done, run.state, host_state(run, done), force=True)
           log.warning("stop requested: saved iteration %d, exiting", done)
           break
+      else:
+        finished = True
   finally:
     run.checkpointer.wait()
     run.checkpointer.close()
@@ -281,7 +310,21 @@ def train(config, workdir: str) -> dict[str, float]:
     run.pool.close()
     if run.analyzer is not None:
       run.analyzer.close()
+  if finished and lead:
+    report_run(workdir)
   return last
+
+
+def report_run(workdir: str) -> None:
+  """The closing summary table (printed and saved) and the learning-curve plot, from metrics.jsonl."""
+  from etils import epath
+  from opid_jax import plot, summary
+  rows = plot.read_run(workdir)
+  table = summary.summary_table(rows)
+  (epath.Path(workdir) / "summary.md").write_text(table + "\n")
+  print("\n" + table, flush=True)
+  if "://" not in workdir:
+    plot.plot_runs([workdir], os.path.join(workdir, "curves.png"))
 
 
 def write_config(config, workdir: str) -> None:
