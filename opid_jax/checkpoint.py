@@ -12,6 +12,7 @@ atomic rename, it writes `<step>/commit_success.txt` last instead), so an interr
 from __future__ import annotations
 
 import json
+import os
 import logging
 import signal
 import threading
@@ -36,7 +37,8 @@ class Checkpointer:
   def __init__(self, directory: str, *, keep: int = 3, save_every: int = 100, async_save: bool = True):
     if keep < 1 or save_every < 1:
       raise UserError(f"checkpoint keep ({keep}) and save_every ({save_every}) must be at least 1")
-    self._directory = epath.Path(directory)
+    # Orbax (tensorstore) needs absolute local paths; gs:// and other URLs pass through unchanged.
+    self._directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         # Orbax's preemption policy only fires under jax.distributed's preemption service (TPU pods).

@@ -217,3 +217,16 @@ def test_second_sigint_interrupts_at_once():
       os.kill(os.getpid(), signal.SIGINT)
       _wait_for(lambda: False, timeout_s=2.0)
   assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_relative_directory_works(tmp_path, monkeypatch):
+  import jax.numpy as jnp
+  from opid_jax.checkpoint import Checkpointer
+  monkeypatch.chdir(tmp_path)
+  ckpt = Checkpointer("runs/x/checkpoints", keep=2, save_every=1, async_save=False)
+  state = {"w": jnp.arange(4.0)}
+  assert ckpt.save(1, state, {"iteration": 1})
+  ckpt.wait()
+  step, restored, host = ckpt.restore(None, {"w": jnp.zeros(4)})
+  assert step == 1 and host == {"iteration": 1} and restored["w"].tolist() == [0, 1, 2, 3]
+  ckpt.close()
