@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -34,13 +35,19 @@ from opid_jax.trajectory_dump import dump_trajectories
 log = logging.getLogger(__name__)
 
 
-def make_policy(sampler: Sampler, sampling: SamplingParams, key: jax.Array):
-  """The rollout's policy callable: one sampler call per turn, each with its own derived key."""
+def make_policy(sampler: Sampler, sampling: SamplingParams, key: jax.Array, stats: dict | None = None):
+  """The rollout's policy callable: one sampler call per turn, each with its own derived key. `stats`, when
+  given, accumulates generation seconds and tokens (the rest of a rollout is env and prompt work)."""
   calls = [0]
 
   def policy(prompt_ids):
+    start = time.perf_counter()
     out = sampler.generate(prompt_ids, sampling, key=jax.random.fold_in(key, calls[0]))
     calls[0] += 1
+    if stats is not None:
+      stats["seconds"] = stats.get("seconds", 0.0) + time.perf_counter() - start
+      stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + sum(len(p) for p in prompt_ids)
+      stats["new_tokens"] = stats.get("new_tokens", 0) + sum(len(t) for t in out.tokens)
     return list(zip(out.tokens, out.logprobs))
 
   return policy
@@ -170,7 +177,8 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
   tasks = run.stream.next_tasks(r.tasks_per_batch)  # the same list on every process
   share = distributed.process_share(r.tasks_per_batch, "rollout.tasks_per_batch")
   with timer.phase("rollout"):
-    policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(config, iteration)))
+    gen_stats: dict = {}
+    policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(config, iteration), gen_stats))
     trajectories = rollout.run_groups(run.pool, policy, run.loaded.tokenizer, tasks[share], r.group_size,
                                       run.env.agent, r.max_prompt_tokens,
                                       first_group_id=iteration * r.tasks_per_batch + share.start,
@@ -211,6 +219,9 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
   metrics.update({k: float(np.mean(v)) for k, v in ppo_metrics.items()})
   metrics["loss"] = metrics.get("ppo/loss", float("nan"))
   metrics["optimizer_steps"] = int(run.state.step)
+  metrics["rollout/generation_seconds"] = gen_stats.get("seconds", 0.0)
+  metrics["rollout/new_tokens"] = gen_stats.get("new_tokens", 0)
+  metrics["rollout/prompt_tokens"] = gen_stats.get("prompt_tokens", 0)
   if handle is not None:
     stats = handle.stats.as_dict(prefix="analyzer/")
     if jax.process_count() > 1:
