@@ -57,8 +57,14 @@ def main():
   httpd, batcher = build_server(model_dir, "127.0.0.1", 0, max_batch=args.clients, max_prompt_tokens=512)
   threading.Thread(target=httpd.serve_forever, daemon=True).start()
   url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-  run_clients(url, args.clients, args.clients, args.max_tokens)  # warm-up: compile the batch shapes
-  run_clients(url, 4, 1, args.max_tokens)
+  # Warm-up: compile every batch bucket the measurement can meet, so it times serving, not compilation.
+  from opid_jax.generation.sampler import SamplingParams
+  from opid_jax.model import tokenizer as tok
+  prompt = tok.encode(batcher.tokenizer, tok.chat_prompt(batcher.tokenizer, [{"role": "user", "content": "hi"}]))
+  bucket = 1 << (args.max_tokens - 1).bit_length()
+  for size in (b for b in batcher.sampler.batch_buckets if b <= args.clients):
+    batcher.sampler.generate([prompt] * size, SamplingParams(1.0, max_new_tokens=bucket))
+  run_clients(url, args.clients, args.clients, args.max_tokens)
   print(f"serve throughput, tiny model (hidden 256, 4 layers), {args.requests} requests, max_tokens {args.max_tokens}")
   for clients in (1, args.clients):
     seconds, tokens = run_clients(url, args.requests, clients, args.max_tokens)
