@@ -50,37 +50,41 @@ def _progress_lines(history: Sequence[HistoryEntry], history_length: int, what: 
   ]
 
 
-def render_alfworld_prompt(task: str, observation: str, admissible_actions: Sequence[str],
-                           history: Sequence[HistoryEntry], history_length: int = 5) -> str:
-  """The ALFWorld step prompt; `history` holds every earlier step of the episode."""
+def _admissible_action_prompt(role: str, instruction: str, task: str, observation: str,
+                              admissible_actions: Sequence[str], history: Sequence[HistoryEntry],
+                              history_length: int) -> str:
+  """The layout shared by envs with a list of admissible actions (ALFWorld, WebShop)."""
   lines = [
-      "You are an expert household agent acting in the ALFRED text world.",
+      role,
       f"{TASK_ANCHOR}{task}",
       *_progress_lines(history, history_length, "observations and the actions you took"),
       f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
       f"The admissible actions in this situation are: {format_action_list(admissible_actions)}",
       "",
-      f"{TURN_ANCHOR} to act: first reason step by step about the situation inside <think> </think> "
-      "tags, then pick exactly one admissible action and write it inside <action> </action> tags.",
+      f"{TURN_ANCHOR} to act: {instruction}",
   ]
   return "\n".join(lines)
+
+
+def render_alfworld_prompt(task: str, observation: str, admissible_actions: Sequence[str],
+                           history: Sequence[HistoryEntry], history_length: int = 5) -> str:
+  """The ALFWorld step prompt; `history` holds every earlier step of the episode."""
+  return _admissible_action_prompt(
+      "You are an expert household agent acting in the ALFRED text world.",
+      "first reason step by step about the situation inside <think> </think> tags, then pick exactly one "
+      "admissible action and write it inside <action> </action> tags.",
+      task, observation, admissible_actions, history, history_length)
 
 
 def render_webshop_prompt(task: str, observation: str, admissible_actions: Sequence[str],
                           history: Sequence[HistoryEntry], history_length: int = 2) -> str:
   """The WebShop step prompt: `task` is the shopping instruction; actions are search[...] / click[...]."""
-  lines = [
+  return _admissible_action_prompt(
       "You are an expert autonomous agent shopping on a web store for a customer.",
-      f"{TASK_ANCHOR}{task}",
-      *_progress_lines(history, history_length, "observations and the actions you took"),
-      f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
-      f"The admissible actions in this situation are: {format_action_list(admissible_actions)}",
-      "",
-      f"{TURN_ANCHOR} to act: first reason step by step about which product and options match the "
-      "instruction inside <think> </think> tags, then write exactly one admissible action, such as "
-      "search[query] or click[button], inside <action> </action> tags.",
-  ]
-  return "\n".join(lines)
+      "first reason step by step about which product and options match the instruction inside "
+      "<think> </think> tags, then write exactly one admissible action, such as search[query] or "
+      "click[button], inside <action> </action> tags.",
+      task, observation, admissible_actions, history, history_length)
 
 
 SEARCH_ACTIONS = ("<search> query </search>", "<answer> final answer </answer>")
