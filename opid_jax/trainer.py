@@ -219,7 +219,7 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
   metrics.update({k: float(np.mean(v)) for k, v in ppo_metrics.items()})
   metrics["loss"] = metrics.get("ppo/loss", float("nan"))
   metrics["optimizer_steps"] = int(run.state.step)
-  metrics["rollout/generation_seconds"] = gen_stats.get("seconds", 0.0)
+  metrics["time/rollout_generation"] = gen_stats.get("seconds", 0.0)  # within time/rollout; the rest is env work
   metrics["rollout/new_tokens"] = gen_stats.get("new_tokens", 0)
   metrics["rollout/prompt_tokens"] = gen_stats.get("prompt_tokens", 0)
   if handle is not None:
@@ -304,8 +304,9 @@ def train(config, workdir: str) -> dict[str, float]:
         if periodic or (config.train.eval_at_end and done == config.train.steps):
           with timer.phase("eval"):
             metrics.update(run_evaluation(run, done))
-        metrics.update(timer.as_metrics())
-        metrics["time/step"] = sum(v for k, v in metrics.items() if k.startswith("time/") and k != "time/step")
+        phase_seconds = timer.as_metrics()
+        metrics.update(phase_seconds)
+        metrics["time/step"] = sum(phase_seconds.values())
         run.writer.write(done, metrics)
         last = metrics
         if distributed.any_process(guard.requested):  # checked last: a signal during logging counts too
