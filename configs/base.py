@@ -48,7 +48,7 @@ def get_config():
       name="alfworld",  # alfworld | search_qa | webshop | counting (a tiny text env for smoke tests)
       data_dir="data/alfworld",
       train_split="train",
-      eval_split="valid_unseen",
+      eval_split="valid_unseen",  # ALFWorld: one split or several joined by commas (rows per split)
       num_workers=4,
       step_timeout_s=120.0,
       retriever_url="http://127.0.0.1:8000/retrieve",  # search_qa: a Search-R1 /retrieve server
@@ -106,7 +106,7 @@ def get_config():
       steps=150,
       seed=0,
       eval_every=0,  # 0 disables periodic evaluation
-      eval_tasks=32,  # the first N tasks of the evaluation split (a fixed list)
+      eval_tasks=32,  # the first N tasks of each evaluation split (a fixed list); 0: all of them
       eval_at_start=False,  # evaluate the initial policy before the first iteration (logged at step 0)
       eval_at_end=False,  # evaluate after the last iteration
       log_every=1,

@@ -25,11 +25,37 @@ def trajectory_metrics(trajectories: Sequence[Trajectory], prefix: str = "") -> 
   }
 
 
+def split_of(task_id: str) -> str:
+  """The split a task id names first (`valid_seen/...` -> `valid_seen`); '' for ids without one."""
+  return task_id.split("/")[0] if "/" in task_id else ""
+
+
+def first_per_split(task_ids: Sequence[str], count: int) -> list[str]:
+  """The first `count` tasks of each split (in order; all of them when count <= 0)."""
+  if count <= 0:
+    return list(task_ids)
+  taken: dict[str, int] = collections.defaultdict(int)
+  out = []
+  for task_id in task_ids:
+    split = split_of(task_id)
+    if taken[split] < count:
+      taken[split] += 1
+      out.append(task_id)
+  return out
+
+
 def per_task_type(trajectories: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
+  """Rows per task type, then (when the tasks come from several splits) one `split:<name>` row per split, then
+  `all`."""
   groups: dict[str, list[Trajectory]] = collections.defaultdict(list)
+  splits: dict[str, list[Trajectory]] = collections.defaultdict(list)
   for t in trajectories:
     groups[t.task_type].append(t)
+    splits[split_of(t.task_id)].append(t)
   table = {name: {**trajectory_metrics(ts), "episodes": len(ts)} for name, ts in sorted(groups.items())}
+  if len(splits) > 1:
+    table.update({f"split:{name}": {**trajectory_metrics(ts), "episodes": len(ts)}
+                  for name, ts in splits.items()})
   table["all"] = {**trajectory_metrics(trajectories), "episodes": len(trajectories)}
   return table
 

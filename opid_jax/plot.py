@@ -66,6 +66,29 @@ def plot_runs(run_dirs: list[str], out: str, smooth: int = 1) -> None:
   plt.close(fig)
 
 
+def plot_mean_curves(panels: dict[str, dict[str, tuple[list, list, list]]], out: str, xlabel: str = "iteration"
+                     ) -> None:
+  """One panel per title; in each, one line per label with a +-1 std band: {title: {label: (x, mean, std)}}
+  (e.g. evaluation success over seeds, per variant)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+  for ax, (title, lines) in zip(axes[0], panels.items()):
+    for label, (x, mean, std) in lines.items():
+      mean, std = np.asarray(mean, float), np.asarray(std, float)
+      line, = ax.plot(x, mean, marker="o", markersize=3, label=label)
+      ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+  axes[0][0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+
+
 @exit_on_user_error
 def main(argv):
   run_dirs = argv[1:]

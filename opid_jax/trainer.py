@@ -247,7 +247,7 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
                             max_new_tokens=c.rollout.max_new_tokens)
   policy = distributed.Lockstep(
       make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20)))
-  tasks = run.env.eval_tasks[:c.train.eval_tasks]
+  tasks = evaluation.first_per_split(run.env.eval_tasks, c.train.eval_tasks)
   tasks = tasks[distributed.process_range(len(tasks))]
   pool = run.pool if run.env.eval_factory is None else EnvPool(run.env.eval_factory, run.pool.num_envs,
                                                                c.env.num_workers, c.env.step_timeout_s)
@@ -261,7 +261,11 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
   table = evaluation.per_task_type(distributed.concat_across_processes(trajectories))
   if jax.process_index() == 0:
     _write_eval_table(run.workdir, iteration, table)
-  return {f"eval/{k}": v for k, v in table["all"].items()}
+  metrics = {f"eval/{k}": v for k, v in table["all"].items()}
+  for name, row in table.items():
+    if name.startswith("split:"):
+      metrics.update({f"eval/{name[len('split:'):]}/{k}": v for k, v in row.items()})
+  return metrics
 
 
 def _write_eval_table(workdir: str, iteration: int, table: dict) -> None:
@@ -382,7 +386,7 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
   r = config.rollout
   sampling = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
   policy = make_policy(sampler, sampling, jax.random.PRNGKey(config.train.seed))
-  tasks = env.eval_tasks[:num_tasks] if num_tasks else env.eval_tasks
+  tasks = evaluation.first_per_split(env.eval_tasks, num_tasks)
   num_envs = max(1, min(len(tasks), r.tasks_per_batch * r.group_size))
   with EnvPool(env.eval_factory or env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
                timeout_s=config.env.step_timeout_s) as pool:
@@ -390,7 +394,7 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
   from etils import epath
   out = epath.Path(workdir)
   out.mkdir(parents=True, exist_ok=True)
-  base = out / f"eval_{config.env.eval_split}"
+  base = out / f"eval_{config.env.eval_split.replace(',', '+')}"
   report = {"checkpoint_iteration": step, "model": config.model.path, "split": config.env.eval_split,
             "tasks": len(tasks), "temperature": r.eval_temperature, "table": table}
   (base.parent / (base.name + ".json")).write_text(json.dumps(report, indent=2))

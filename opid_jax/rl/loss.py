@@ -56,3 +56,11 @@ def ppo_loss(logp, old_logp, advantages, mask, token_count, *, clip_low: float =
   loss = jnp.sum(loss_tokens * mask) / denom
   metrics["ppo/loss"] = loss
   return loss, metrics
+
+
+def nll_loss(logp, mask, token_count):
+  """Behaviour cloning: the mean negative log-likelihood of the masked (response) tokens, as a sum over this
+  micro-batch divided by the mini-batch token count (so micro-batches accumulate exactly like `ppo_loss`)."""
+  mask = mask.astype(jnp.float32)
+  loss = -jnp.sum(logp * mask) / jnp.maximum(token_count, 1.0)
+  return loss, {"sft/nll": loss, "ppo/loss": loss}

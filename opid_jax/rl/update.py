@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from opid_jax.rl.loss import ppo_loss
+from opid_jax.rl.loss import nll_loss, ppo_loss
 from opid_jax.rl.scoring import token_logprobs
 
 
@@ -33,6 +33,7 @@ class LossConfig:
   temperature: float = 1.0
   chunk_size: int = 64
   with_entropy: bool = True
+  objective: str = "ppo"  # ppo | nll (behaviour cloning on the response tokens; the PPO fields are unused)
 
 
 def learning_rate_schedule(lr: float, warmup_steps: int, schedule: str, total_steps: int):
@@ -78,6 +79,12 @@ def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
                                  micro["response_mask"], temperature=cfg.temperature, chunk_size=cfg.chunk_size,
                                  with_entropy=cfg.with_entropy or cfg.entropy_coef > 0)
   entropy = jax.lax.stop_gradient(entropy) if cfg.entropy_coef == 0 else entropy
+  if cfg.objective == "nll":
+    loss, metrics = nll_loss(logp, micro["response_mask"], token_count)
+    if cfg.with_entropy:
+      mask = micro["response_mask"].astype(jnp.float32)
+      metrics["ppo/entropy"] = jnp.sum(entropy * mask) / jnp.maximum(token_count, 1.0)
+    return loss, metrics
   return ppo_loss(logp, micro["old_logp"], micro["advantages"], micro["response_mask"], token_count,
                   clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
                   ref_logp=micro.get("ref_logp"), kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,

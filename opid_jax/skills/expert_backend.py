@@ -40,6 +40,16 @@ def plan_deviations(actions: Sequence[str], plan: Sequence[str]) -> tuple[list[t
   return deviations, progress
 
 
+def workflow_skill(plan: Sequence[str]) -> str:
+  """The episode skill of a won trajectory (and of an expert walkthrough)."""
+  return f"Workflow that solves this task: {' -> '.join(plan)}."
+
+
+def next_action_skill(expected: str) -> str:
+  """The step skill at a step where the plan needed `expected`."""
+  return f"Do '{expected}' now: it is the next action of the plan that solves this task."
+
+
 def _plan_skills(trajectory: Trajectory, max_step_skills: int) -> SkillSet:
   plan = list(trajectory.hindsight.expert_actions)
   actions = [step.action for step in trajectory.steps]
@@ -47,7 +57,7 @@ def _plan_skills(trajectory: Trajectory, max_step_skills: int) -> SkillSet:
   plan_text = " -> ".join(plan)
   if trajectory.won:
     summary = f"The task was completed in {trajectory.length} steps."
-    episode_skill = f"Workflow that solves this task: {plan_text}."
+    episode_skill = workflow_skill(plan)
   elif deviations:
     t, expected = deviations[0]
     done = "" if trajectory.steps[t].valid else " (a malformed output)"
@@ -60,8 +70,7 @@ def _plan_skills(trajectory: Trajectory, max_step_skills: int) -> SkillSet:
     summary = f"The agent followed the plan but stopped after {progress} of {len(plan)} actions."
     episode_skill = (f"Mistake to avoid: stopping before the plan is finished ({progress} of "
                      f"{len(plan)} actions done). Follow this plan to the end: {plan_text}.")
-  step_skills = {t: f"Do '{expected}' now: it is the next action of the plan that solves this task."
-                 for t, expected in deviations[:max_step_skills]}
+  step_skills = {t: next_action_skill(expected) for t, expected in deviations[:max_step_skills]}
   return SkillSet(summary, episode_skill, step_skills)
 
 

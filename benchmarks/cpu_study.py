@@ -1,0 +1,210 @@
+"""The CPU-scale OPID study on real ALFWorld games (issue #9): SFT warm start, then GRPO, OPID and the three routing
+ablations from the same start, several seeds, evaluated without skills on the full valid_seen and valid_unseen
+lists; results written as a markdown report with learning curves.
+
+  python benchmarks/cpu_study.py                       # every stage, skipping what is already done
+  python benchmarks/cpu_study.py --stage=runs --variants=grpo,opid --seeds=0
+  python benchmarks/cpu_study.py --stage=report
+  python benchmarks/cpu_study.py --short --root=/tmp/study --data_dir=...   # a few-minute version (CI)
+
+Stages (each resumable; a finished piece is skipped, an interrupted one resumes from its checkpoint):
+  sft      behaviour cloning of the small from-scratch policy (configs/sft_alfworld_small.py) -> ROOT/sft/policy
+  tune     lambda_skill and learning rate on valid_train only (short OPID / GRPO runs) -> ROOT/tune/*
+  initial  the SFT policy's evaluation (greedy, so every variant shares this step-0 point) -> ROOT/initial
+  runs     every (variant, seed) with the tuned settings -> ROOT/runs/<variant>_s<seed>
+  report   REPORT (default results/cpu_study.md) and PNG curves beside it
+Every RL run is `python -m opid_jax.train --config=configs/alfworld_small.py` with overrides, in its own workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT_DIR)
+
+from opid_jax import plot  # noqa: E402
+
+VARIANTS = {  # name -> config overrides on top of the tuned settings
+    "grpo": {"opid.lambda_skill": 0.0},
+    "opid": {"opid.routing": "critical_first"},
+    "episode_only": {"opid.routing": "episode_only"},
+    "step_only": {"opid.routing": "step_only"},
+    "superimpose": {"opid.routing": "superimpose"},
+}
+SPLITS = ("valid_seen", "valid_unseen")
+TUNE_LAMBDAS = (0.01, 0.1)
+TUNE_LRS = (1e-5, 3e-5)
+RL_CONFIG = "configs/alfworld_small.py"
+SFT_CONFIG = "configs/sft_alfworld_small.py"
+
+# The short version: a tiny policy, one RL iteration, a few games per split (minutes; for CI).
+SHORT_SFT = {"small_policy.vocab_size": 400, "small_policy.hidden_size": 32, "small_policy.num_layers": 1,
+             "small_policy.num_heads": 2, "small_policy.num_kv_heads": 1, "small_policy.head_dim": 16,
+             "small_policy.intermediate_size": 64, "data.num_games": 4, "data.heldout_games": 1,
+             "data.max_prompt_tokens": 2048, "train.steps": 2, "train.batch_size": 4, "train.micro_batch_size": 2,
+             "train.eval_every": 2, "train.prompt_buckets": "(512,1024,2048)", "train.response_buckets": "(32,64)",
+             "checkpoint.async_save": False}
+SHORT_RL = {"rollout.tasks_per_batch": 1, "rollout.group_size": 2, "rollout.max_steps": 2,
+            "rollout.max_prompt_tokens": 2048, "train.steps": 1, "train.eval_every": 1, "train.eval_tasks": 2,
+            "train.prompt_buckets": "(512,1024,2048)", "ppo.mini_batch_size": 8, "ppo.micro_batch_size": 4,
+            "train.score_micro_batch": 4, "checkpoint.async_save": False}
+
+
+def overrides_to_flags(overrides: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def run_module(module: str, config: str, workdir: str, overrides: dict, extra: list[str] = ()) -> float:
+  """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt."""
+  os.makedirs(workdir, exist_ok=True)
+  cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *overrides_to_flags(overrides),
+         *extra]
+  start = time.time()
+  with open(os.path.join(workdir, "log.txt"), "a") as log:
+    log.write("$ " + " ".join(cmd) + "\n")
+    log.flush()
+    done = subprocess.run(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
+  if done.returncode != 0:
+    raise SystemExit(f"error: {module} failed in {workdir} (exit {done.returncode}); see {workdir}/log.txt")
+  return time.time() - start
+
+
+class Study:
+
+  def __init__(self, args):
+    self.args = args
+    self.root = os.path.abspath(args.root)
+    self.short = args.short
+    self.data = {"env.data_dir": args.data_dir, "env.train_split": args.train_split}
+
+  # --- paths -------------------------------------------------------------------------------------------------
+  @property
+  def policy(self) -> str:
+    return os.path.join(self.root, "sft", "policy")
+
+  def run_dir(self, variant: str, seed: int) -> str:
+    return os.path.join(self.root, "runs", f"{variant}_s{seed}")
+
+  def tune_dir(self, name: str) -> str:
+    return os.path.join(self.root, "tune", name)
+
+  # --- stages ------------------------------------------------------------------------------------------------
+  def sft(self) -> None:
+    if os.path.exists(os.path.join(self.policy, "model.safetensors")):
+      return
+    overrides = {"data.data_dir": self.args.data_dir, "data.split": self.args.sft_split,
+                 "data.cache": os.path.join(self.root, "sft", "expert_steps.jsonl"), **(SHORT_SFT if self.short else {})}
+    seconds = run_module("opid_jax.sft", SFT_CONFIG, os.path.join(self.root, "sft"), overrides)
+    print(f"sft: {seconds:.0f} s", flush=True)
+
+  def rl_overrides(self, seed: int, lr: float, lam: float) -> dict:
+    return {**self.data, "model.path": self.policy, "train.seed": seed,
+            "optim.lr": lr, "opid.lambda_skill": lam, **(SHORT_RL if self.short else {})}
+
+  def tune(self) -> None:
+    if self.short:
+      return
+    grid = [("opid", lr, lam) for lr in TUNE_LRS for lam in TUNE_LAMBDAS] + [("grpo", lr, 0.0) for lr in TUNE_LRS]
+    for variant, lr, lam in grid:
+      workdir = self.tune_dir(f"{variant}_lr{lr:g}_lam{lam:g}")
+      if os.path.exists(os.path.join(workdir, "summary.md")):
+        continue
+      overrides = {**self.rl_overrides(0, lr, lam), **VARIANTS[variant], "env.eval_split": "valid_train",
+                   "train.steps": self.args.tune_steps, "train.eval_every": self.args.tune_steps,
+                   "train.eval_tasks": self.args.tune_eval_tasks}
+      overrides["opid.lambda_skill"] = lam
+      seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
+      print(f"tune {os.path.basename(workdir)}: {seconds:.0f} s", flush=True)
+
+  def tuned(self) -> tuple[float, float, dict]:
+    """(lr, lambda) with the best final valid_train success of the tuning runs (ties: the smaller values)."""
+    if self.short:
+      return 1e-5, 0.05, {}
+    scores = {}
+    for name in sorted(os.listdir(os.path.join(self.root, "tune"))):
+      rows = plot.read_run(self.tune_dir(name))
+      evals = [r["eval/success"] for r in rows if "eval/success" in r]
+      if evals:
+        scores[name] = evals[-1]
+    opid = {k: v for k, v in scores.items() if k.startswith("opid_")}
+    if not opid:
+      raise SystemExit("error: no finished tuning run; run --stage=tune first")
+    best = max(sorted(opid), key=lambda k: opid[k])
+    lr = float(best.split("_lr")[1].split("_lam")[0])
+    lam = float(best.split("_lam")[1])
+    return lr, lam, scores
+
+  def initial(self) -> None:
+    workdir = os.path.join(self.root, "initial")
+    if os.path.exists(os.path.join(workdir, "eval.json")):
+      return
+    overrides = {**self.data, "model.path": self.policy, **(SHORT_RL if self.short else {})}
+    num_tasks = SHORT_RL["train.eval_tasks"] if self.short else 0
+    seconds = run_module("opid_jax.evaluate", RL_CONFIG, workdir, overrides, [f"--num_tasks={num_tasks}"])
+    name = "eval_" + "+".join(SPLITS)
+    os.replace(os.path.join(workdir, name + ".json"), os.path.join(workdir, "eval.json"))
+    print(f"initial evaluation: {seconds:.0f} s", flush=True)
+
+  def runs(self) -> None:
+    lr, lam, _ = self.tuned()
+    for seed in self.args.seeds:
+      for variant in self.args.variants:
+        workdir = self.run_dir(variant, seed)
+        if os.path.exists(os.path.join(workdir, "summary.md")):
+          continue
+        overrides = {**self.rl_overrides(seed, lr, lam), **VARIANTS[variant]}
+        seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
+        print(f"run {variant} seed {seed}: {seconds:.0f} s", flush=True)
+
+  def report(self) -> str:
+    from study_report import write_report
+    lr, lam, tune_scores = self.tuned()
+    return write_report(self, lr, lam, tune_scores)
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--root", default="runs/cpu_study")
+  p.add_argument("--stage", default="all", choices=("all", "sft", "tune", "initial", "runs", "report"))
+  p.add_argument("--variants", default=",".join(VARIANTS))
+  p.add_argument("--seeds", default="0,1,2")
+  p.add_argument("--data_dir", default="data/alfworld")
+  p.add_argument("--sft_split", default="train")
+  p.add_argument("--train_split", default="train")
+  p.add_argument("--tune_steps", type=int, default=10)
+  p.add_argument("--tune_eval_tasks", type=int, default=100)
+  p.add_argument("--report", default="results/cpu_study.md")
+  p.add_argument("--short", action="store_true", help="a few-minute version: tiny policy, one iteration (CI)")
+  args = p.parse_args(argv)
+  args.variants = [v for v in args.variants.split(",") if v]
+  unknown = [v for v in args.variants if v not in VARIANTS]
+  if unknown:
+    p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+  args.seeds = [int(s) for s in args.seeds.split(",") if s]
+  args.data_dir = os.path.abspath(args.data_dir)
+  if not os.path.isdir(args.data_dir):
+    p.error(f"ALFWorld data not found at {args.data_dir} (run `make data`)")
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  study = Study(args)
+  stages = ("sft", "tune", "initial", "runs", "report") if args.stage == "all" else (args.stage,)
+  for stage in stages:
+    print(f"== {stage}", flush=True)
+    result = getattr(study, stage)()
+    if stage == "report":
+      print(f"wrote {result}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

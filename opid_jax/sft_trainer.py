@@ -1,0 +1,229 @@
+"""Behaviour cloning on expert walkthrough steps, through the RL code: the same model loading and sharding,
+padding buckets (`rl/batch.py`), jitted donated update (`rl/update.py`, objective "nll": loss on response
+tokens only), Orbax checkpoints and metrics writer.
+
+Every batch is a pure function of (seed, step): epoch e shuffles the examples with seed + e and draws which
+examples carry a skill, so a run resumed from a checkpoint sees exactly the batches it would have seen.
+At the end the policy is exported as an HF folder (`WORKDIR/policy`), ready to be RL's `model.path`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import tqdm
+from flax import nnx
+
+from opid_jax import checkpoint as ckpt_lib
+from opid_jax import metrics as metrics_lib
+from opid_jax import sft_data, small_policy
+from opid_jax.skill_probe import end_of_turn_id
+from opid_jax.errors import UserError
+from opid_jax.model import hf_io, loading, padding
+from opid_jax.model.sharding import use_rules
+from opid_jax.parallel import distributed, mesh as mesh_lib
+from opid_jax.rl import batch as batch_lib
+from opid_jax.rl import update
+from opid_jax.rl.scoring import Scorer
+
+log = logging.getLogger(__name__)
+SKILL_KINDS = ("none", "episode", "step")
+
+
+def prepare_policy(config, workdir: str, steps) -> str:
+  """`model.path`, or (when empty) a from-scratch policy in WORKDIR/init_policy whose tokenizer is trained on
+  the texts of the SFT examples."""
+  if config.model.path:
+    return config.model.path
+  out = os.path.join(workdir, "init_policy")
+  if not os.path.exists(os.path.join(out, "model.safetensors")):
+    p = config.small_policy
+    texts = sft_data.corpus_texts(steps, config.data.history_window)
+    tokenizer = small_policy.train_tokenizer(texts, p.vocab_size)
+    cfg = small_policy.qwen3_config(tokenizer, hidden_size=p.hidden_size, num_layers=p.num_layers,
+                                    num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, head_dim=p.head_dim,
+                                    intermediate_size=p.intermediate_size)
+    count = small_policy.write_policy(out, tokenizer, cfg, seed=p.seed)
+    print(f"sft: new policy with {count / 1e6:.2f}M parameters and a {cfg.vocab_size}-token tokenizer at {out}",
+          flush=True)
+  return out
+
+
+def split_heldout(steps, heldout_games: int):
+  """(train steps, held-out steps): the last `heldout_games` games' steps are held out."""
+  games = list(dict.fromkeys(s.task_id for s in steps))
+  held = set(games[len(games) - heldout_games:]) if heldout_games > 0 else set()
+  return [s for s in steps if s.task_id not in held], [s for s in steps if s.task_id in held]
+
+
+@dataclasses.dataclass
+class ExampleMaker:
+  tokenizer: Any
+  end_of_turn_id: int
+  history_window: int
+  max_prompt_tokens: int
+
+  def samples(self, steps, kinds) -> list[batch_lib.StepSample]:
+    out = []
+    for step, kind in zip(steps, kinds):
+      p, r = sft_data.tokenize_example(self.tokenizer, step, kind, self.history_window, self.end_of_turn_id,
+                                       self.max_prompt_tokens)
+      zeros = np.zeros(len(r), np.float32)
+      out.append(batch_lib.StepSample(p, r, old_logp=zeros, advantages=zeros))
+    return out
+
+
+class EpochBatches:
+  """Batch `step` of the run: epoch = step // batches_per_epoch; shuffling and skill draws seeded by epoch."""
+
+  def __init__(self, steps, maker: ExampleMaker, share: sft_data.SkillShare, batch_size: int, seed: int):
+    if len(steps) < batch_size:
+      raise UserError(f"only {len(steps)} training examples for train.batch_size={batch_size}")
+    self.steps, self.maker, self.share, self.batch_size, self.seed = steps, maker, share, batch_size, seed
+    self.per_epoch = len(steps) // batch_size  # the remainder of each shuffled epoch is dropped
+    self._epoch, self._samples, self._kinds = -1, [], []
+
+  def _load(self, epoch: int) -> None:
+    rng = np.random.RandomState(self.seed * 7919 + epoch)
+    order = rng.permutation(len(self.steps))
+    kinds = sft_data.skill_kinds(len(order), self.share, rng)
+    chosen = [self.steps[i] for i in order[:self.per_epoch * self.batch_size]]
+    self._samples = self.maker.samples(chosen, kinds)
+    self._kinds = kinds[:len(chosen)]
+    self._epoch = epoch
+
+  def batch(self, step: int) -> tuple[list[batch_lib.StepSample], list[str]]:
+    epoch, index = divmod(step, self.per_epoch)
+    if epoch != self._epoch:
+      self._load(epoch)
+    rows = slice(index * self.batch_size, (index + 1) * self.batch_size)
+    return self._samples[rows], self._kinds[rows]
+
+
+def heldout_metrics(scorer: Scorer, maker: ExampleMaker, steps, params) -> dict[str, float]:
+  """Mean per-token NLL of the expert response on held-out steps, with each kind of skill in the prompt (how
+  much a skill helps is what tells whether the policy reads skills)."""
+  metrics = {}
+  for kind in SKILL_KINDS:
+    samples = maker.samples(steps, [kind] * len(steps))
+    logps = scorer.score([s.prompt_ids for s in samples], [s.response_ids for s in samples], params=params).logprobs
+    tokens = sum(len(lp) for lp in logps)
+    metrics[f"heldout/nll_{kind}"] = float(-sum(float(lp.sum()) for lp in logps) / max(tokens, 1))
+  return metrics
+
+
+def _optimizer(config):
+  q = config.optim
+  return update.make_optimizer(lr=q.lr, warmup_steps=q.warmup_steps, schedule=q.schedule,
+                               total_steps=max(1, config.train.steps), weight_decay=q.weight_decay,
+                               grad_clip=q.grad_clip, b1=q.b1, b2=q.b2, eps=q.eps)
+
+
+def train_sft(config, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) SFT; returns the last logged metrics. Writes WORKDIR/policy at the end."""
+  os.makedirs(workdir, exist_ok=True)
+  d, t = config.data, config.train
+  cache = d.cache or os.path.join(workdir, "expert_steps.jsonl")
+  steps = sft_data.load_or_build(cache, d.data_dir, d.split, d.num_games, d.seed, d.num_workers)
+  train_steps, held_steps = split_heldout(steps, d.heldout_games)
+  model_path = prepare_policy(config, workdir, steps)
+
+  mesh = mesh_lib.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
+  rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.mesh.rules)
+  loaded = loading.load(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                        remat=config.model.remat, shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules))
+  graphdef, params = nnx.split(loaded.model)
+  tx = _optimizer(config)
+  state = update.init_train_state(params, tx)
+  prompt_buckets = padding.buckets_up_to(d.max_prompt_tokens, t.prompt_buckets)
+  maker = ExampleMaker(loaded.tokenizer, end_of_turn_id(loaded.tokenizer, loaded.stop_ids), d.history_window,
+                       d.max_prompt_tokens)
+  share = sft_data.SkillShare(d.skill_share_episode, d.skill_share_step)
+  batches = EpochBatches(train_steps, maker, share, t.batch_size, t.seed)
+  scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=t.micro_batch_size, prompt_buckets=prompt_buckets,
+                  response_buckets=t.response_buckets, truncate_left=True)
+  loss_cfg = update.LossConfig(objective="nll", with_entropy=False)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+                                       save_every=config.checkpoint.save_every,
+                                       async_save=config.checkpoint.async_save)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead())
+  start = 0
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    start, state, _ = checkpointer.restore(latest, abstract)
+    writer.truncate_from(start + 1)
+    log.warning("sft: resumed from step %d", start)
+  print(f"sft: {len(train_steps)} training examples ({batches.per_epoch} batches per epoch), "
+        f"{len(held_steps)} held out", flush=True)
+  last: dict[str, float] = {}
+  finished = False
+  try:
+    with use_rules(mesh, rules), ckpt_lib.PreemptionGuard() as guard:
+      bar = tqdm.tqdm(range(start, t.steps), desc="sft", initial=start, total=t.steps, dynamic_ncols=True,
+                      disable=not distributed.is_lead())
+      for step in bar:
+        timer = metrics_lib.PhaseTimer()
+        samples, kinds = batches.batch(step)
+        with timer.phase("update"):
+          (mb,) = batch_lib.minibatches(samples, mini_batch_size=len(samples), micro_batch_size=t.micro_batch_size,
+                                        seed=step, pad_id=loaded.pad_id, prompt_buckets=prompt_buckets,
+                                        response_buckets=t.response_buckets)
+          mb = {k: distributed.global_array(v, mesh_lib.batch_sharding(mesh, rules, v.ndim, batch_dim=1),
+                                            batch_dim=1) for k, v in mb.items()}
+          state, m = update.train_step(state, mb, graphdef=graphdef, tx=tx, cfg=loss_cfg)
+          m = {k.replace("ppo/", "sft/"): float(v) for k, v in distributed.fetch(m).items()}
+        done = step + 1
+        metrics = {"loss": m["sft/loss"], **m, "sft/epoch": step / batches.per_epoch,
+                   "sft/skill_share": float(np.mean([k != "none" for k in kinds]))}
+        with timer.phase("checkpoint"):
+          checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=done == t.steps)
+        if held_steps and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+          with timer.phase("eval"):
+            metrics.update(heldout_metrics(scorer, maker, held_steps, state.params))
+        metrics.update(timer.as_metrics())
+        writer.write(done, metrics)
+        last = metrics
+        if distributed.any_process(guard.requested):
+          checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=True)
+          log.warning("stop requested: saved step %d, exiting", done)
+          break
+      else:
+        finished = True
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  if finished and distributed.is_lead():
+    nnx.update(loaded.model, state.params)
+    out = os.path.join(workdir, "policy")
+    hf_io.export_hf(loaded.model, out, tokenizer=loaded.tokenizer,
+                    generation_config={"eos_token_id": list(loaded.stop_ids)})
+    with open(os.path.join(workdir, "sft_summary.json"), "w") as f:
+      json.dump({"steps": t.steps, "train_examples": len(train_steps), "heldout_examples": len(held_steps),
+                 "last": last}, f, indent=2)
+    print(f"sft: policy written to {out}", flush=True)
+  return last
+
+
+def validate(config) -> None:
+  """One-line errors for an SFT config, before anything is built."""
+  from opid_jax.config_validation import DTYPES, SCHEDULES, _at_least, _one_of
+  _one_of("model.dtype", config.model.dtype, DTYPES)
+  _one_of("model.param_dtype", config.model.param_dtype, DTYPES)
+  _one_of("optim.schedule", config.optim.schedule, SCHEDULES)
+  t, d = config.train, config.data
+  for name in ("steps", "batch_size", "micro_batch_size"):
+    _at_least(f"train.{name}", t[name], 1)
+  if t.batch_size % t.micro_batch_size:
+    raise UserError(f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}")
+  _at_least("data.history_window", d.history_window, 0)
+  sft_data.SkillShare(d.skill_share_episode, d.skill_share_step)
+  if not os.path.isdir(d.data_dir):
+    raise UserError(f"ALFWorld data not found at {d.data_dir!r} (run `make data`, then set data.data_dir)")
