@@ -9,7 +9,8 @@ lists; results written as a markdown report with learning curves.
 
 Stages (each resumable; a finished piece is skipped, an interrupted one resumes from its checkpoint):
   sft      behaviour cloning of the small from-scratch policy (configs/sft_alfworld_small.py) -> ROOT/sft/policy
-  tune     lambda_skill and learning rate on valid_train only (short OPID / GRPO runs) -> ROOT/tune/*
+  probe    the skill-signal probe (opid_jax.probe_skills) on the random initial and the SFT policy -> ROOT/probe_*.json
+  tune     on valid_train only: the lr from short GRPO runs, then lambda_skill from short OPID runs -> ROOT/tune/*
   initial  the SFT policy's evaluation (greedy, so every variant shares this step-0 point) -> ROOT/initial
   runs     every (variant, seed) with the tuned settings -> ROOT/runs/<variant>_s<seed>
   report   REPORT (default results/cpu_study.md) and PNG curves beside it
@@ -41,7 +42,7 @@ VARIANTS = {  # name -> config overrides on top of the tuned settings
 }
 SPLITS = ("valid_seen", "valid_unseen")
 TUNE_LAMBDAS = (0.01, 0.1)
-TUNE_LRS = (1e-5, 3e-5)
+TUNE_LRS = (3e-5, 1e-4)
 RL_CONFIG = "configs/alfworld_small.py"
 SFT_CONFIG = "configs/sft_alfworld_small.py"
 
@@ -109,38 +110,57 @@ class Study:
     return {**self.data, "model.path": self.policy, "train.seed": seed,
             "optim.lr": lr, "opid.lambda_skill": lam, **(SHORT_RL if self.short else {})}
 
-  def tune(self) -> None:
-    if self.short:
-      return
-    grid = [("opid", lr, lam) for lr in TUNE_LRS for lam in TUNE_LAMBDAS] + [("grpo", lr, 0.0) for lr in TUNE_LRS]
-    for variant, lr, lam in grid:
-      workdir = self.tune_dir(f"{variant}_lr{lr:g}_lam{lam:g}")
-      if os.path.exists(os.path.join(workdir, "summary.md")):
-        continue
-      overrides = {**self.rl_overrides(0, lr, lam), **VARIANTS[variant], "env.eval_split": "valid_train",
-                   "train.steps": self.args.tune_steps, "train.eval_every": self.args.tune_steps,
-                   "train.eval_tasks": self.args.tune_eval_tasks}
-      overrides["opid.lambda_skill"] = lam
+  def _tune_run(self, variant: str, lr: float, lam: float, run_missing: bool) -> str:
+    name = f"{variant}_lr{lr:g}_lam{lam:g}"
+    workdir = self.tune_dir(name)
+    if run_missing and not os.path.exists(os.path.join(workdir, "summary.md")):
+      overrides = {**self.rl_overrides(0, lr, lam), **VARIANTS[variant], "opid.lambda_skill": lam,
+                   "env.eval_split": "valid_train", "train.steps": self.args.tune_steps,
+                   "train.eval_every": self.args.tune_steps, "train.eval_tasks": self.args.tune_eval_tasks}
       seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
-      print(f"tune {os.path.basename(workdir)}: {seconds:.0f} s", flush=True)
+      print(f"tune {name}: {seconds:.0f} s", flush=True)
+    return name
 
-  def tuned(self) -> tuple[float, float, dict]:
-    """(lr, lambda) with the best final valid_train success of the tuning runs (ties: the smaller values)."""
+  def _tune_score(self, name: str) -> float:
+    if not os.path.exists(os.path.join(self.tune_dir(name), "summary.md")):
+      return float("-inf")
+    evals = [r["eval/success"] for r in plot.read_run(self.tune_dir(name)) if "eval/success" in r]
+    return evals[-1] if evals else float("-inf")
+
+  def tune(self) -> None:
+    """The learning rate from GRPO runs (so the baseline gets its best lr), then lambda_skill from OPID runs at
+    that lr; both judged by the final valid_train success (ties: the first, i.e. smaller, value)."""
+    if not self.short:
+      self.tuned()
+
+  def tuned(self, run_missing: bool = True) -> tuple[float, float, dict]:
+    """(lr, lambda_skill, {tuning run: valid_train success}); runs the missing tuning runs unless told not to."""
     if self.short:
       return 1e-5, 0.05, {}
     scores = {}
-    for name in sorted(os.listdir(os.path.join(self.root, "tune"))):
-      rows = plot.read_run(self.tune_dir(name))
-      evals = [r["eval/success"] for r in rows if "eval/success" in r]
-      if evals:
-        scores[name] = evals[-1]
-    opid = {k: v for k, v in scores.items() if k.startswith("opid_")}
-    if not opid:
-      raise SystemExit("error: no finished tuning run; run --stage=tune first")
-    best = max(sorted(opid), key=lambda k: opid[k])
-    lr = float(best.split("_lr")[1].split("_lam")[0])
-    lam = float(best.split("_lam")[1])
-    return lr, lam, scores
+    for lr in TUNE_LRS:
+      name = self._tune_run("grpo", lr, 0.0, run_missing)
+      scores[name] = self._tune_score(name)
+    lr = max(TUNE_LRS, key=lambda v: scores[f"grpo_lr{v:g}_lam0"])
+    for lam in TUNE_LAMBDAS:
+      name = self._tune_run("opid", lr, lam, run_missing)
+      scores[name] = self._tune_score(name)
+    lam = max(TUNE_LAMBDAS, key=lambda v: scores[f"opid_lr{lr:g}_lam{v:g}"])
+    return lr, lam, {k: v for k, v in scores.items() if v != float("-inf")}
+
+  def probe(self) -> None:
+    """The skill-signal probe on the random initial policy and on the SFT policy (ROOT/probe_<name>.json)."""
+    for name in ("init_policy", "policy"):
+      out = os.path.join(self.root, f"probe_{name}.json")
+      if os.path.exists(out):
+        continue
+      cmd = [sys.executable, "-m", "opid_jax.probe_skills", f"--model={os.path.join(self.root, 'sft', name)}",
+             f"--games={self.args.data_dir}", f"--n={2 if self.short else self.args.probe_games}",
+             "--split=valid_seen", f"--json={out}"]
+      done = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True)
+      if done.returncode != 0:
+        raise SystemExit(f"error: probe_skills failed on {name}: {done.stderr.strip().splitlines()[-1:]}")
+      print(done.stdout, flush=True)
 
   def initial(self) -> None:
     workdir = os.path.join(self.root, "initial")
@@ -166,21 +186,22 @@ class Study:
 
   def report(self) -> str:
     from study_report import write_report
-    lr, lam, tune_scores = self.tuned()
+    lr, lam, tune_scores = self.tuned(run_missing=False)
     return write_report(self, lr, lam, tune_scores)
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--root", default="runs/cpu_study")
-  p.add_argument("--stage", default="all", choices=("all", "sft", "tune", "initial", "runs", "report"))
+  p.add_argument("--stage", default="all", choices=("all", "sft", "probe", "tune", "initial", "runs", "report"))
+  p.add_argument("--probe_games", type=int, default=20)
   p.add_argument("--variants", default=",".join(VARIANTS))
   p.add_argument("--seeds", default="0,1,2")
   p.add_argument("--data_dir", default="data/alfworld")
   p.add_argument("--sft_split", default="train")
   p.add_argument("--train_split", default="train")
-  p.add_argument("--tune_steps", type=int, default=10)
-  p.add_argument("--tune_eval_tasks", type=int, default=100)
+  p.add_argument("--tune_steps", type=int, default=6)
+  p.add_argument("--tune_eval_tasks", type=int, default=50)
   p.add_argument("--report", default="results/cpu_study.md")
   p.add_argument("--short", action="store_true", help="a few-minute version: tiny policy, one iteration (CI)")
   args = p.parse_args(argv)
@@ -198,7 +219,7 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
   args = parse_args(argv)
   study = Study(args)
-  stages = ("sft", "tune", "initial", "runs", "report") if args.stage == "all" else (args.stage,)
+  stages = ("sft", "probe", "tune", "initial", "runs", "report") if args.stage == "all" else (args.stage,)
   for stage in stages:
     print(f"== {stage}", flush=True)
     result = getattr(study, stage)()

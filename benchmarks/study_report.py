@@ -91,7 +91,7 @@ def _kendall_tau(order_a: list[str], order_b: list[str]) -> float:
 
 
 def success_table(runs: dict) -> list[str]:
-  lines = ["| variant | seeds | valid_seen | valid_unseen | both (274) | eval episode length | train success (last 3 it.) |",
+  lines = ["| variant | seeds | valid_seen | valid_unseen | both splits | eval episode length | train success (last 3 it.) |",
            "|---|---|---|---|---|---|---|"]
   for variant, seeds in runs.items():
     train = [np.mean([r["success"] for r in s["rows"] if "success" in r][-3:]) for s in seeds.values()]
@@ -160,11 +160,27 @@ def verdict(runs: dict) -> list[str]:
   return lines or ["- Not enough finished runs for a verdict."]
 
 
+def probe_table(study) -> list[str]:
+  lines = ["| policy | skill | steps | expert shift (nats) | other shift | margin gain |", "|---|---|---|---|---|---|"]
+  found = False
+  for name in ("init_policy", "policy"):
+    path = os.path.join(study.root, f"probe_{name}.json")
+    if not os.path.exists(path):
+      continue
+    found = True
+    report = json.load(open(path))
+    label = "random init" if name == "init_policy" else "after SFT"
+    for kind, row in report["kinds"].items():
+      lines.append(f"| {label} | {kind} | {row['steps']} | {row['expert_shift']:+.2f} | {row['other_shift']:+.2f} | "
+                   f"{row['margin_gain']:+.2f} |")
+  return lines if found else ["(probe not run)"]
+
+
 def limits(study, runs: dict) -> list[str]:
   seeds = sorted({s for v in runs.values() for s in v})
   return [
       "- Scale: a few-million-parameter policy trained from scratch (SFT on expert walkthroughs), a few dozen RL "
-      "iterations of 8 tasks x 4 rollouts; the paper trains a 3B instruct model for 150 iterations of 16 x 8.",
+      "iterations of 4 tasks x 4 rollouts; the paper trains a 3B instruct model for 150 iterations of 16 x 8.",
       "- The analyzer is `expert`: skills come from the walkthrough (privileged, always right), not from an LLM "
       "reading the trajectory; the SFT data teaches the policy to read exactly these skill texts.",
       f"- Seeds: {len(seeds)} ({', '.join(map(str, seeds)) or 'none'}) finished per variant at most; "
@@ -212,30 +228,39 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
       "## Verdict (computed from the numbers below)",
       *verdict(runs),
       "",
-      "## Success after training (greedy, no skills; mean ± std over seeds, %)",
+      "## Success after training (greedy, no skills; mean ± std over seeds, %)", "",
       *success_table(runs),
       "",
       f"Initial (SFT) policy, same evaluation: valid_seen "
       f"{100 * initial_table.get('split:valid_seen', {}).get('success', float('nan')):.1f}%, valid_unseen "
       f"{100 * initial_table.get('split:valid_unseen', {}).get('success', float('nan')):.1f}%.",
       "",
-      "## Success per task type (both splits, final evaluation, %)",
+      "## Success per task type (both splits, final evaluation, %)", "",
       *task_type_table(runs),
       "",
-      "## Iterations to reach GRPO's final success",
+      "## Iterations to reach GRPO's final success", "",
       *steps_to_grpo(runs),
+      "",
+      "## Does the policy read skills? (`opid_jax.probe_skills`, first valid_seen games)",
+      "",
+      *probe_table(study),
       "",
       "## Learning curves",
       f"![evaluation]({os.path.basename(curve_png)})",
       f"![training]({os.path.basename(train_png)})",
       "",
       "## Tuning on valid_train only (final success of short OPID / GRPO runs, %)",
+      "",
       "| run | valid_train success |", "|---|---|",
       *[f"| {k} | {100 * v:.1f} |" for k, v in sorted(tune_scores.items())],
-      f"Chosen: lr={lr:g}, lambda_skill={lam:g} (best OPID tuning run; GRPO uses the same lr).",
+      "",
+      f"Chosen: lr={lr:g} (best GRPO tuning run; every variant uses it), lambda_skill={lam:g} (best OPID tuning "
+      "run at that lr).",
       "",
       "## Cost",
+      "",
       *times,
+      "",
       f"Total RL wall time of the finished runs: {total_seconds / 3600:.2f} h; SFT: {sft_info.get('steps', '?')} "
       f"steps on {sft_info.get('train_examples', '?')} examples.",
       "",

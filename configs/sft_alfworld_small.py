@@ -17,8 +17,8 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(dict(path="", dtype="float32", param_dtype="float32", remat=False))
   c.small_policy = ml_collections.ConfigDict(dict(
-      vocab_size=2048, hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64,
-      intermediate_size=768, seed=0))
+      vocab_size=1024, hidden_size=192, num_layers=4, num_heads=3, num_kv_heads=1, head_dim=64,
+      intermediate_size=576, seed=0))
   c.mesh = base.get_config().mesh
   c.data = ml_collections.ConfigDict(dict(
       data_dir="data/alfworld",
@@ -34,9 +34,9 @@ def get_config():
       skill_share_step=0.2,  # share that carries the step skill ("Do '<expert action>' now")
   ))
   c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=30, schedule="cosine", weight_decay=0.01, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8))
+      lr=2e-3, warmup_steps=30, schedule="cosine", weight_decay=0.01, grad_clip=1.0, b1=0.9, b2=0.95, eps=1e-8))
   c.train = ml_collections.ConfigDict(dict(
-      steps=400, batch_size=32, micro_batch_size=16, seed=0, eval_every=100,
+      steps=300, batch_size=32, micro_batch_size=8, seed=0, eval_every=100, bucket_micro_batches=True,
       prompt_buckets=(256, 384, 512, 768, 1024), response_buckets=(32,)))
   c.checkpoint = ml_collections.ConfigDict(dict(save_every=50, keep=2, async_save=True))
   return c

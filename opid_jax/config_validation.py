@@ -91,6 +91,8 @@ def validate(c) -> None:
 
   _at_least("train.steps", c.train.steps, 0)
   _at_least("train.eval_every", c.train.eval_every, 0)
+  _at_least("train.eval_tasks", c.train.eval_tasks, 0)
+  _at_least("train.eval_envs", c.train.eval_envs, 0)
   _at_least("train.score_micro_batch", c.train.score_micro_batch, 1)
   _at_least("checkpoint.keep", c.checkpoint.keep, 1)
   _at_least("checkpoint.save_every", c.checkpoint.save_every, 1)

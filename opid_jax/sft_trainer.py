@@ -29,7 +29,7 @@ from opid_jax.model import hf_io, loading, padding
 from opid_jax.model.sharding import use_rules
 from opid_jax.parallel import distributed, mesh as mesh_lib
 from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import update
+from opid_jax.rl import minibatch_step, update
 from opid_jax.rl.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,8 @@ def train_sft(config, workdir: str) -> dict[str, float]:
   scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=t.micro_batch_size, prompt_buckets=prompt_buckets,
                   response_buckets=t.response_buckets, truncate_left=True)
   loss_cfg = update.LossConfig(objective="nll", with_entropy=False)
+  layout = minibatch_step.BatchLayout(mesh, rules, t.micro_batch_size, loaded.pad_id, prompt_buckets,
+                                      t.response_buckets, t.bucket_micro_batches)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
                                        save_every=config.checkpoint.save_every,
                                        async_save=config.checkpoint.async_save)
@@ -172,12 +174,7 @@ def train_sft(config, workdir: str) -> dict[str, float]:
         timer = metrics_lib.PhaseTimer()
         samples, kinds = batches.batch(step)
         with timer.phase("update"):
-          (mb,) = batch_lib.minibatches(samples, mini_batch_size=len(samples), micro_batch_size=t.micro_batch_size,
-                                        seed=step, pad_id=loaded.pad_id, prompt_buckets=prompt_buckets,
-                                        response_buckets=t.response_buckets)
-          mb = {k: distributed.global_array(v, mesh_lib.batch_sharding(mesh, rules, v.ndim, batch_dim=1),
-                                            batch_dim=1) for k, v in mb.items()}
-          state, m = update.train_step(state, mb, graphdef=graphdef, tx=tx, cfg=loss_cfg)
+          state, m = minibatch_step.optimizer_step(state, samples, layout, graphdef=graphdef, tx=tx, cfg=loss_cfg)
           m = {k.replace("ppo/", "sft/"): float(v) for k, v in distributed.fetch(m).items()}
         done = step + 1
         metrics = {"loss": m["sft/loss"], **m, "sft/epoch": step / batches.per_epoch,

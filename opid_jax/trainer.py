@@ -27,7 +27,7 @@ from opid_jax.model import loading, padding
 from opid_jax.model.sharding import use_rules
 from opid_jax.parallel import distributed, mesh as mesh_lib
 from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import opid_samples, update
+from opid_jax.rl import minibatch_step, opid_samples, update
 from opid_jax.rl.scoring import Scorer
 from opid_jax.skills.backends import make_backend
 from opid_jax.trajectory_dump import dump_trajectories
@@ -170,6 +170,12 @@ def iteration_key(config, iteration: int) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(config.train.seed), iteration)
 
 
+def batch_layout(run: Run) -> minibatch_step.BatchLayout:
+  c = run.config
+  return minibatch_step.BatchLayout(run.mesh, run.rules, c.ppo.micro_batch_size, run.loaded.pad_id,
+                                    run.scorer.prompt_buckets, c.train.response_buckets, c.train.bucket_micro_batches)
+
+
 def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> dict[str, float]:
   config, settings = run.config, opid_settings(run.config)
   r = config.rollout
@@ -201,16 +207,12 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> di
   ppo_metrics: dict[str, list[float]] = {}
   with timer.phase("update"):
     for epoch in range(config.ppo.epochs):
-      batches = batch_lib.minibatches(
-          samples, mini_batch_size=config.ppo.mini_batch_size, micro_batch_size=config.ppo.micro_batch_size,
-          seed=config.train.seed * 100003 + iteration * 101 + epoch, pad_id=run.loaded.pad_id,
-          prompt_buckets=run.scorer.prompt_buckets, response_buckets=config.train.response_buckets,
-          with_ref=settings.use_reference)
-      for mb in batches:
-        mb = {k: distributed.global_array(v, mesh_lib.batch_sharding(run.mesh, run.rules, v.ndim, batch_dim=1),
-                                          batch_dim=1)
-              for k, v in mb.items()}
-        run.state, m = update.train_step(run.state, mb, graphdef=run.graphdef, tx=run.tx, cfg=loss_config(config))
+      parts = batch_lib.shuffled_minibatches(samples, config.ppo.mini_batch_size,
+                                             seed=config.train.seed * 100003 + iteration * 101 + epoch)
+      for part in parts:
+        run.state, m = minibatch_step.optimizer_step(run.state, part, batch_layout(run), graphdef=run.graphdef,
+                                                     tx=run.tx, cfg=loss_config(config),
+                                                     with_ref=settings.use_reference)
         for k, v in distributed.fetch(m).items():
           ppo_metrics.setdefault(k, []).append(float(v))
     _sync_params(run)
@@ -249,8 +251,10 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
       make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20)))
   tasks = evaluation.first_per_split(run.env.eval_tasks, c.train.eval_tasks)
   tasks = tasks[distributed.process_range(len(tasks))]
-  pool = run.pool if run.env.eval_factory is None else EnvPool(run.env.eval_factory, run.pool.num_envs,
-                                                               c.env.num_workers, c.env.step_timeout_s)
+  own_pool = run.env.eval_factory is not None or c.train.eval_envs > 0
+  num_envs = max(1, min(len(tasks), c.train.eval_envs or run.pool.num_envs))
+  pool = run.pool if not own_pool else EnvPool(run.env.eval_factory or run.env.factory, num_envs,
+                                               c.env.num_workers, c.env.step_timeout_s)
   try:
     _, trajectories = evaluation.evaluate(pool, policy, run.loaded.tokenizer, run.env.agent, tasks,
                                           c.rollout.max_prompt_tokens)
@@ -387,7 +391,7 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
   sampling = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
   policy = make_policy(sampler, sampling, jax.random.PRNGKey(config.train.seed))
   tasks = evaluation.first_per_split(env.eval_tasks, num_tasks)
-  num_envs = max(1, min(len(tasks), r.tasks_per_batch * r.group_size))
+  num_envs = max(1, min(len(tasks), config.train.eval_envs or r.tasks_per_batch * r.group_size))
   with EnvPool(env.eval_factory or env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
                timeout_s=config.env.step_timeout_s) as pool:
     table, _ = evaluation.evaluate(pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens)

@@ -88,3 +88,35 @@ def test_sharded_updates_equal_the_single_device_update(tmp_path):
   for name, got in results.items():
     for key in base:
       np.testing.assert_allclose(got[key], base[key], atol=1e-5, err_msg=f"{name}: {key}")
+
+
+def test_length_bucketed_micro_batches_give_the_same_step():
+  """Micro-batches padded to their own buckets (sorted by length) give the update of one stacked, fully padded
+  mini-batch: the loss is a token sum over the mini-batch token count, so padding must not matter."""
+  import optax
+  from flax import nnx
+  from opid_jax.rl import batch as batch_lib
+  from opid_jax.rl import update
+  from tiny_models import tiny_model
+  from update_check import fixed_samples
+  samples = fixed_samples()
+  samples[3].prompt_ids = list(range(1, 50))  # one long prompt: the stacked batch pads every row to it
+  kwargs = dict(micro_batch_size=4, pad_id=0, prompt_buckets=(16, 32, 64), response_buckets=(8, 16), with_ref=True)
+  stacked = batch_lib.stacked_micro_batches(samples, **kwargs)
+  micros = batch_lib.length_sorted_micro_batches(samples, **kwargs)
+  assert stacked["prompt_ids"].shape[2] == 64
+  widths = [m["prompt_ids"].shape[1] for m in micros]
+  assert widths == sorted(widths) and widths[-1] == 64 and widths[0] < 64
+  assert sum(int(m["response_mask"].sum()) for m in micros) == int(stacked["response_mask"].sum())
+  cfg = update.LossConfig(kl_coef=0.01, entropy_coef=0.001, dual_clip=3.0, chunk_size=8)
+  graphdef, params = nnx.split(tiny_model(seed=0))
+  tx = optax.sgd(1.0)  # the parameter change is the gradient itself
+  copy = lambda: jax.tree.map(lambda x: x.copy(), params)  # noqa: E731 (steps donate their state)
+  one, m_one = update.train_step(update.init_train_state(copy(), tx), stacked, graphdef=graphdef, tx=tx, cfg=cfg)
+  many, m_many = update.train_step_micro_batches(update.init_train_state(copy(), tx), micros, graphdef=graphdef,
+                                                 tx=tx, cfg=cfg)
+  for key in ("ppo/loss", "ppo/pg_loss", "ppo/kl_ref", "ppo/entropy", "ppo/grad_norm", "ppo/tokens"):
+    np.testing.assert_allclose(float(m_many[key]), float(m_one[key]), rtol=2e-5, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+  assert int(many.step) == 1

@@ -39,19 +39,45 @@ def pad_samples(samples: Sequence[StepSample], rows: int, prompt_len: int, respo
   return out
 
 
+def shuffled_minibatches(samples: Sequence[StepSample], mini_batch_size: int, seed: int) -> list[list[StepSample]]:
+  """The samples shuffled (by seed) and cut into mini-batches: one optimizer step each."""
+  order = np.random.RandomState(seed).permutation(len(samples))
+  return [[samples[i] for i in order[start:stop]] for start, stop in padding.chunks(len(order), mini_batch_size)]
+
+
+def stacked_micro_batches(part: Sequence[StepSample], *, micro_batch_size: int, pad_id: int,
+                          prompt_buckets: Sequence[int], response_buckets: Sequence[int],
+                          with_ref: bool = False) -> dict[str, np.ndarray]:
+  """One mini-batch padded to one (prompt, response) bucket, as [num_micro, micro_batch_size, ...] arrays."""
+  num_micro = -(-len(part) // micro_batch_size)
+  rows = num_micro * micro_batch_size
+  p_len = padding.bucket_for(max(len(s.prompt_ids) for s in part), prompt_buckets, "prompt length")
+  r_len = padding.bucket_for(max(len(s.response_ids) for s in part), response_buckets, "response length")
+  flat = pad_samples(part, rows, p_len, r_len, pad_id, with_ref)
+  return {k: v.reshape(num_micro, micro_batch_size, *v.shape[1:]) for k, v in flat.items()}
+
+
+def length_sorted_micro_batches(part: Sequence[StepSample], *, micro_batch_size: int, pad_id: int,
+                                prompt_buckets: Sequence[int], response_buckets: Sequence[int],
+                                with_ref: bool = False) -> list[dict[str, np.ndarray]]:
+  """One mini-batch as micro-batches of similar prompt length, each padded to its own buckets ([micro_batch_size,
+  ...] arrays). Together they hold exactly the mini-batch; only the padding shrinks (long prompts no longer pad
+  every row of the mini-batch)."""
+  order = sorted(range(len(part)), key=lambda i: (len(part[i].prompt_ids), len(part[i].response_ids)))
+  micros = []
+  for start, stop in padding.chunks(len(order), micro_batch_size):
+    rows = [part[i] for i in order[start:stop]]
+    p_len = padding.bucket_for(max(len(s.prompt_ids) for s in rows), prompt_buckets, "prompt length")
+    r_len = padding.bucket_for(max(len(s.response_ids) for s in rows), response_buckets, "response length")
+    micros.append(pad_samples(rows, micro_batch_size, p_len, r_len, pad_id, with_ref))
+  return micros
+
+
 def minibatches(samples: Sequence[StepSample], *, mini_batch_size: int, micro_batch_size: int, seed: int,
                 pad_id: int, prompt_buckets: Sequence[int], response_buckets: Sequence[int],
                 with_ref: bool = False) -> list[dict[str, np.ndarray]]:
   """Shuffles (by seed), cuts into mini-batches (one optimizer step each), pads each mini-batch to one
   (prompt, response) bucket, and shapes arrays as [num_micro, micro_batch_size, ...]."""
-  order = np.random.RandomState(seed).permutation(len(samples))
-  batches = []
-  for start, stop in padding.chunks(len(order), mini_batch_size):
-    part = [samples[i] for i in order[start:stop]]
-    num_micro = -(-len(part) // micro_batch_size)
-    rows = num_micro * micro_batch_size
-    p_len = padding.bucket_for(max(len(s.prompt_ids) for s in part), prompt_buckets, "prompt length")
-    r_len = padding.bucket_for(max(len(s.response_ids) for s in part), response_buckets, "response length")
-    flat = pad_samples(part, rows, p_len, r_len, pad_id, with_ref)
-    batches.append({k: v.reshape(num_micro, micro_batch_size, *v.shape[1:]) for k, v in flat.items()})
-  return batches
+  return [stacked_micro_batches(part, micro_batch_size=micro_batch_size, pad_id=pad_id,
+                                prompt_buckets=prompt_buckets, response_buckets=response_buckets, with_ref=with_ref)
+          for part in shuffled_minibatches(samples, mini_batch_size, seed)]

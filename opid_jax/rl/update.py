@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
+from typing import Sequence, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,3 +117,45 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   return TrainState(params, opt_state, state.step + 1), metrics
+
+
+# The length-bucketed path: micro-batches of different shapes (each padded to its own bucket), gradients summed
+# by one jitted call per micro-batch, then one jitted optimizer update. Same result as `train_step` on the same
+# mini-batch (the loss is a token sum over the mini-batch's token count), with less padding.
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("acc",))
+def accumulate_micro_batch(acc, params, micro, token_count, *, graphdef, cfg: LossConfig):
+  (_, metrics), grads = jax.value_and_grad(micro_batch_loss, has_aux=True)(params, graphdef, micro, token_count, cfg)
+  return jax.tree.map(jnp.add, acc, (grads, metrics))
+
+
+@functools.partial(jax.jit, static_argnames=("tx",), donate_argnames=("state",))
+def apply_gradients(state: TrainState, grads, *, tx: optax.GradientTransformation):
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), grad_norm
+
+
+_METRIC_SHAPES: dict = {}  # (graphdef, cfg, micro-batch keys) -> the loss metrics' shapes (traced once)
+
+
+def _zero_accumulator(params, graphdef, micro, cfg: LossConfig):
+  key = (graphdef, cfg, tuple(sorted(micro)))
+  if key not in _METRIC_SHAPES:
+    _METRIC_SHAPES[key] = jax.eval_shape(
+        lambda p, m: micro_batch_loss(p, graphdef, m, jnp.float32(1.0), cfg)[1], params, micro)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _METRIC_SHAPES[key])
+  return jax.tree.map(jnp.zeros_like, params), zeros
+
+
+def train_step_micro_batches(state: TrainState, micros: Sequence[dict], *, graphdef, tx, cfg: LossConfig):
+  """One optimizer step over a mini-batch given as micro-batches that may differ in shape."""
+  token_count = sum(jnp.sum(m["response_mask"]).astype(jnp.float32) for m in micros)
+  acc = _zero_accumulator(state.params, graphdef, micros[0], cfg)
+  for micro in micros:
+    acc = accumulate_micro_batch(acc, state.params, micro, token_count, graphdef=graphdef, cfg=cfg)
+  grads, metrics = acc
+  state, grad_norm = apply_gradients(state, grads, tx=tx)
+  metrics["ppo/tokens"] = token_count
+  metrics["ppo/grad_norm"] = grad_norm
+  return state, metrics
