@@ -43,6 +43,7 @@ VARIANTS = {  # name -> config overrides on top of the tuned settings
 SPLITS = ("valid_seen", "valid_unseen")
 TUNE_LAMBDAS = (0.01, 0.1)
 TUNE_LRS = (3e-5, 1e-4)
+SFT_PHASES = (300, 1000)  # SFT length per phase (see Study.sft)
 RL_CONFIG = "configs/alfworld_small.py"
 SFT_CONFIG = "configs/sft_alfworld_small.py"
 
@@ -99,12 +100,18 @@ class Study:
 
   # --- stages ------------------------------------------------------------------------------------------------
   def sft(self) -> None:
-    if os.path.exists(os.path.join(self.policy, "model.safetensors")):
-      return
-    overrides = {"data.data_dir": self.args.data_dir, "data.split": self.args.sft_split,
-                 "data.cache": os.path.join(self.root, "sft", "expert_steps.jsonl"), **(SHORT_SFT if self.short else {})}
-    seconds = run_module("opid_jax.sft", SFT_CONFIG, os.path.join(self.root, "sft"), overrides)
-    print(f"sft: {seconds:.0f} s", flush=True)
+    """SFT in phases: each phase resumes the previous one's checkpoint with a longer `train.steps` (the cosine
+    schedule is re-stretched over the new length from there on, a warm restart)."""
+    phases = (SHORT_SFT["train.steps"],) if self.short else SFT_PHASES
+    summary = os.path.join(self.root, "sft", "sft_summary.json")
+    for steps in phases:
+      if os.path.exists(summary) and json.load(open(summary))["steps"] >= steps:
+        continue
+      overrides = {"data.data_dir": self.args.data_dir, "data.split": self.args.sft_split,
+                   "data.cache": os.path.join(self.root, "sft", "expert_steps.jsonl"),
+                   **(SHORT_SFT if self.short else {}), "train.steps": steps}
+      seconds = run_module("opid_jax.sft", SFT_CONFIG, os.path.join(self.root, "sft"), overrides)
+      print(f"sft to step {steps}: {seconds:.0f} s", flush=True)
 
   def rl_overrides(self, seed: int, lr: float, lam: float) -> dict:
     return {**self.data, "model.path": self.policy, "train.seed": seed,

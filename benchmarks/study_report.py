@@ -160,6 +160,21 @@ def verdict(runs: dict) -> list[str]:
   return lines or ["- Not enough finished runs for a verdict."]
 
 
+def sft_table(study) -> list[str]:
+  """Held-out NLL per response token of the expert action, with each kind of skill in the prompt, over SFT."""
+  path = os.path.join(study.root, "sft", "metrics.jsonl")
+  if not os.path.exists(path):
+    return ["(SFT not run)"]
+  rows = [r for r in plot.read_run(os.path.join(study.root, "sft")) if "heldout/nll_none" in r]
+  seconds = sum(r.get("time/step", sum(v for k, v in r.items() if k.startswith("time/"))) for r in
+                plot.read_run(os.path.join(study.root, "sft")))
+  lines = ["| SFT step | held-out NLL, no skill | + episode skill | + step skill | train NLL |", "|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['step']} | {r['heldout/nll_none']:.3f} | {r['heldout/nll_episode']:.3f} | "
+                 f"{r['heldout/nll_step']:.3f} | {r['sft/nll']:.3f} |")
+  return lines + ["", f"SFT wall time (update, checkpoints, held-out scoring): {seconds / 60:.0f} min."]
+
+
 def probe_table(study) -> list[str]:
   lines = ["| policy | skill | steps | expert shift (nats) | other shift | margin gain |", "|---|---|---|---|---|---|"]
   found = False
@@ -240,6 +255,10 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
       "",
       "## Iterations to reach GRPO's final success", "",
       *steps_to_grpo(runs),
+      "",
+      "## SFT warm start (behaviour cloning on expert walkthrough steps)",
+      "",
+      *sft_table(study),
       "",
       "## Does the policy read skills? (`opid_jax.probe_skills`, first valid_seen games)",
       "",
