@@ -86,6 +86,7 @@ class Study:
     self.root = os.path.abspath(args.root)
     self.short = args.short
     self.data = {"env.data_dir": args.data_dir, "env.train_split": args.train_split}
+    self.sft_phases = (SHORT_SFT["train.steps"],) if args.short else SFT_PHASES
 
   # --- paths -------------------------------------------------------------------------------------------------
   @property
@@ -102,7 +103,7 @@ class Study:
   def sft(self) -> None:
     """SFT in phases: each phase resumes the previous one's checkpoint with a longer `train.steps` (the cosine
     schedule is re-stretched over the new length from there on, a warm restart)."""
-    phases = (SHORT_SFT["train.steps"],) if self.short else SFT_PHASES
+    phases = self.sft_phases
     summary = os.path.join(self.root, "sft", "sft_summary.json")
     for steps in phases:
       if os.path.exists(summary) and json.load(open(summary))["steps"] >= steps:
