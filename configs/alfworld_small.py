@@ -5,9 +5,11 @@ CPU-scale study; benchmarks/cpu_study.py runs it for every variant and seed).
       --config.model.path=runs/cpu_study/sft/policy [--config.opid.routing=episode_only]
 
 Sized for 2 CPU cores: 4 tasks x 4 rollouts per iteration, 16 iterations, 20 steps, one history entry, 32 new
-tokens; greedy evaluation on the full valid_seen (140) and valid_unseen (134) lists every 8 iterations. Rollouts
-sample at temperature 0.7 (not the paper's 1.0): a 2M-parameter policy trained from scratch spreads probability over
-many malformed action strings, and at 1.0 nearly every step of its rollouts was an invalid or hallucinated action.
+tokens; greedy evaluation on the full valid_seen (140) and valid_unseen (134) lists after the 16 iterations (the
+SFT start is evaluated once, shared by every run; 274 games take ~8-14 minutes here, as long as 8 iterations).
+Rollouts sample at temperature 0.7 (not the paper's 1.0): a 2M-parameter policy trained from scratch spreads
+probability over many malformed action strings, and at 1.0 nearly every step of its rollouts was an invalid or
+hallucinated action.
 """
 
 from configs import base
@@ -24,7 +26,7 @@ def get_config():
   c.opid.update(lambda_skill=0.05, routing="critical_first", invalid_penalty=0.1)
   c.ppo.update(kl_coef=0.0, mini_batch_size=64, micro_batch_size=8)
   c.optim.update(lr=3e-5, weight_decay=0.0)
-  c.train.update(steps=16, eval_every=8, eval_tasks=0, eval_envs=48, score_micro_batch=16,
+  c.train.update(steps=16, eval_every=16, eval_tasks=0, eval_envs=48, score_micro_batch=16,
                  prompt_buckets=(256, 384, 512, 768, 1024), response_buckets=(32, 64))
   c.checkpoint.update(save_every=4, keep=2)
   return c
