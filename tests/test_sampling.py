@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from opid_jax.generation.sampler import filter_logits, sample_from_logits, sample_token
+from opid_jax.generation.sampler import argmax_last_axis, filter_logits, sample_from_logits, sample_token
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.1], np.float32))
 
@@ -21,6 +21,24 @@ def test_filtered_tokens_are_never_sampled():
   logits = jnp.asarray([[-jnp.inf, 0.0, -jnp.inf, 0.0]] * 4000)
   tokens = np.asarray(sample_from_logits(logits, jax.random.PRNGKey(1)))
   assert set(tokens.tolist()) == {1, 3}
+
+
+def test_two_level_cdf_over_uneven_blocks_matches_the_distribution():
+  # 37 tokens: blocks of 8 with a padded last block; zero-probability tokens at block ends and in the middle.
+  probs = np.random.RandomState(0).rand(37).astype(np.float32)
+  probs[[7, 8, 15, 20, 36]] = 0.0
+  probs /= probs.sum()
+  n = 40000
+  logits = jnp.broadcast_to(jnp.log(jnp.asarray(probs)), (n, 37))
+  tokens = np.asarray(sample_from_logits(logits, jax.random.PRNGKey(2)))
+  freq = np.bincount(tokens, minlength=37) / n
+  assert freq[[7, 8, 15, 20, 36]].sum() == 0.0
+  np.testing.assert_allclose(freq, probs, atol=0.006)
+
+
+def test_argmax_takes_the_first_maximum():
+  logits = jnp.asarray([[0.0, 2.0, 2.0, 1.0], [5.0, 1.0, 5.0, 5.0], [-jnp.inf, -1.0, -3.0, -1.0]])
+  assert argmax_last_axis(logits).tolist() == [1, 0, 1] == np.argmax(np.asarray(logits), axis=-1).tolist()
 
 
 def test_top_k_and_top_p_supports():

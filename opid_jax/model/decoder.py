@@ -20,8 +20,10 @@ from opid_jax.model.sharding import constrain
 
 
 class LayerCache(NamedTuple):
-  k: jax.Array  # [batch, cache_len, kv_heads, head_dim]
-  v: jax.Array
+  # Laid out for the decode step, where both attention products become batched matrix-vector products over
+  # contiguous memory (on CPU 2-3x faster than the activations' [batch, length, kv_heads, head_dim] layout).
+  k: jax.Array  # [batch, kv_heads, head_dim, cache_len]
+  v: jax.Array  # [batch, kv_heads, cache_len, head_dim]
 
 
 def _param(shape, dtype, axes, init=None, rngs=None):
@@ -97,19 +99,25 @@ class Attention(nnx.Module):
     q = constrain(q, ("batch", "length", "q_heads", "head_dim"))
     k = constrain(k, ("batch", "length", "kv_heads", "head_dim"))
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
-    if cache is not None:
-      k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.astype(cache.k.dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.astype(cache.v.dtype), cache_index, axis=1)
-      cache = LayerCache(k, v)
-      k = constrain(k, ("batch", "cache_length", "kv_heads", "head_dim"))
-      v = constrain(v, ("batch", "cache_length", "kv_heads", "head_dim"))
     b, t, n, h = q.shape
     q = q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
     query_slot = cache_index + jnp.arange(t)
+    if cache is not None:
+      cache = _write_cache(cache, k, v, cache_index)
+      if t == 1:
+        allowed = kv_valid & (jnp.arange(kv_valid.shape[1]) <= cache_index)[None]  # [b, s]
+        out = _attend_one_query(q[:, 0], cache.k.astype(q.dtype), cache.v.astype(q.dtype), allowed)
+        out = jnp.einsum("bnh,nhd->bd", out.reshape(b, n, h), self.o[...].astype(x.dtype))[:, None]
+        return out, cache
+      if isinstance(cache_index, int) and cache_index == 0:
+        kv_valid = kv_valid[:, :t]  # a prefill into an empty cache: every later slot is masked anyway
+      else:
+        k, v = cache.k.transpose(0, 3, 1, 2), cache.v.swapaxes(1, 2)
+        k = constrain(k, ("batch", "cache_length", "kv_heads", "head_dim"))
+        v = constrain(v, ("batch", "cache_length", "kv_heads", "head_dim"))
     causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]  # [t, s]
     allowed = causal[None] & kv_valid[:, None, :]  # [b, t, s]
-    attend = _attend_one_query if t == 1 else _attend
-    out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed).reshape(b, t, n, h)
+    out = _attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed).reshape(b, t, n, h)
     out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(x.dtype))
     return out, cache
 
@@ -144,14 +152,22 @@ def _attend_block(q, k, v, allowed):
   return jnp.einsum("bkgts,bskh->btkgh", probs, v)
 
 
+def _write_cache(cache: LayerCache, k, v, cache_index) -> LayerCache:
+  """Writes keys and values [b, t, kv_heads, h] at slot cache_index."""
+  k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.transpose(0, 2, 3, 1).astype(cache.k.dtype), cache_index,
+                                          axis=3)
+  v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(1, 2).astype(cache.v.dtype), cache_index, axis=2)
+  return LayerCache(constrain(k, ("batch", "kv_heads", "head_dim", "cache_length")),
+                    constrain(v, ("batch", "kv_heads", "cache_length", "head_dim")))
+
+
 def _attend_one_query(q, k, v, allowed):
-  """The t == 1 (decode) case as broadcast-multiply-reduce: several times faster than a batched dot on CPU,
-  and a memory-bound read of the cache on any platform."""
-  q = q[:, 0]  # [b, k, g, h]
-  scores = jnp.sum((q[:, None] * k[:, :, :, None, :]).astype(jnp.float32), axis=-1) * (q.shape[-1] ** -0.5)
-  scores = jnp.where(allowed[:, 0, :, None, None], scores, jnp.finfo(jnp.float32).min)  # [b, s, k, g]
-  probs = jax.nn.softmax(scores, axis=1).astype(q.dtype)
-  return jnp.sum(probs[..., None] * v[:, :, :, None, :], axis=1)[:, None]  # [b, 1, k, g, h]
+  """The decode step: q [b, kv_heads, groups, h]; k [b, kv_heads, h, s]; v [b, kv_heads, s, h]; allowed [b, s].
+  Returns [b, kv_heads, groups, h]."""
+  scores = jnp.einsum("bkgh,bkhs->bkgs", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
+  scores = jnp.where(allowed[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  return jnp.einsum("bkgs,bksh->bkgh", probs, v)
 
 
 class MLP(nnx.Module):
@@ -245,8 +261,9 @@ class Decoder(nnx.Module):
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[LayerCache]:
   dtype = jnp.dtype(dtype or cfg.dtype)
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  return [LayerCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.num_layers)]
+  k_shape = (batch, cfg.num_kv_heads, cfg.head_dim, length)
+  v_shape = (batch, cfg.num_kv_heads, length, cfg.head_dim)
+  return [LayerCache(jnp.zeros(k_shape, dtype), jnp.zeros(v_shape, dtype)) for _ in range(cfg.num_layers)]
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
