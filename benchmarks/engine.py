@@ -25,6 +25,7 @@ SHAPES = {
                          intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True),
 }
 BATCH, PROMPT, RESPONSE, NEW_TOKENS = 8, 256, 256, 64
+SCORE_MICRO_BATCH = 2
 
 
 def rss_bytes() -> int:
@@ -88,7 +89,9 @@ def bench_ours(model_dir: str, vocab: int, dtype: str, repeats: int):
   prompts, responses = inputs(vocab)
   base = rss_bytes()
   model, _, _ = hf_io.load_hf(model_dir, dtype=dtype, param_dtype=dtype)
-  scorer = Scorer(model, pad_id=0, micro_batch=BATCH, chunk_size=64)
+  # Micro-batches of 2 rows: on the 0.5B shape as fast as 8 (weights stay hot in cache) with a third of the
+  # activation memory; the scorer's answers do not depend on the micro-batch.
+  scorer = Scorer(model, pad_id=0, micro_batch=SCORE_MICRO_BATCH, chunk_size=64)
   with PeakRss() as mem_score:
     t_compile = time.perf_counter()
     scorer.score(prompts, responses)

@@ -5,6 +5,22 @@ from __future__ import annotations
 import sys
 
 from absl import flags
+from ml_collections import config_flags
+
+from opid_jax.errors import UserError
+
+
+def define_config_flag():
+  """The --config flag every training entry point takes (a Python file with get_config(); overrides with
+  --config.a.b=value)."""
+  return config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
+
+
+def required_config(config_flag, example: str):
+  """The parsed config, or a one-line error naming an example when --config was not given."""
+  if config_flag.value is None:
+    raise UserError(f"--config is required (e.g. --config={example})")
+  return config_flag.value
 
 
 def parse_flags_or_exit(argv):

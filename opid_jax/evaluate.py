@@ -13,13 +13,11 @@ import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from opid_jax.errors import UserError, exit_on_user_error
-from opid_jax.cli import parse_flags_or_exit, quiet_libraries
+from opid_jax.errors import exit_on_user_error
+from opid_jax.cli import define_config_flag, parse_flags_or_exit, quiet_libraries, required_config
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
-                                          lock_config=True)
+_CONFIG = define_config_flag()
 flags.DEFINE_string("workdir", None, "Run directory; its latest checkpoint is evaluated if present.", required=True)
 flags.DEFINE_string("split", None, "Evaluation split (default: config.env.eval_split).")
 flags.DEFINE_integer("num_tasks", 0, "Evaluate only the first N tasks of the split (0: all).")
@@ -29,9 +27,7 @@ FLAGS = flags.FLAGS
 @exit_on_user_error
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if config is None:
-    raise UserError("--config is required")
+  config = required_config(_CONFIG, "configs/alfworld.py")
   quiet_libraries()
   from opid_jax import config_validation, evaluation, trainer
   config_validation.validate(config)

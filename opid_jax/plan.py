@@ -13,13 +13,11 @@ import json
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from opid_jax.cli import parse_flags_or_exit
+from opid_jax.cli import define_config_flag, parse_flags_or_exit, required_config
 from opid_jax.errors import UserError, exit_on_user_error
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
-                                          lock_config=True)
+_CONFIG = define_config_flag()
 flags.DEFINE_string("mesh", None, "data=D,fsdp=F,tensor=T (missing axes are 1); default: the config's mesh.")
 flags.DEFINE_string("device", "h100", "Device kind: v5e, v4, v5p, h100 or h200.")
 flags.DEFINE_integer("num_devices", None, "Devices in the job (default: the mesh's product, or 8).")
@@ -96,9 +94,8 @@ def report(config, mesh_text: str | None, device: str, num_devices: int | None) 
 @exit_on_user_error
 def main(argv):
   del argv
-  if _CONFIG.value is None:
-    raise UserError("--config is required (e.g. --config=configs/alfworld.py)")
-  print(report(_CONFIG.value, FLAGS.mesh, FLAGS.device, FLAGS.num_devices))
+  config = required_config(_CONFIG, "configs/alfworld.py")
+  print(report(config, FLAGS.mesh, FLAGS.device, FLAGS.num_devices))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,11 @@ Restarting the same command resumes exactly from the latest checkpoint; the poli
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from opid_jax.cli import parse_flags_or_exit, quiet_libraries
-from opid_jax.errors import UserError, exit_on_user_error
+from opid_jax.cli import define_config_flag, parse_flags_or_exit, quiet_libraries, required_config
+from opid_jax.errors import exit_on_user_error
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
-                                          lock_config=True)
+_CONFIG = define_config_flag()
 flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 FLAGS = flags.FLAGS
 
@@ -20,9 +18,7 @@ FLAGS = flags.FLAGS
 @exit_on_user_error
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if config is None:
-    raise UserError("--config is required (e.g. --config=configs/sft_alfworld_small.py)")
+  config = required_config(_CONFIG, "configs/sft_alfworld_small.py")
   from opid_jax import sft_trainer, trainer
   sft_trainer.validate(config)
   quiet_libraries()

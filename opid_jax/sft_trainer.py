@@ -118,13 +118,6 @@ def heldout_metrics(scorer: Scorer, maker: ExampleMaker, steps, params) -> dict[
   return metrics
 
 
-def _optimizer(config):
-  q = config.optim
-  return update.make_optimizer(lr=q.lr, warmup_steps=q.warmup_steps, schedule=q.schedule,
-                               total_steps=max(1, config.train.steps), weight_decay=q.weight_decay,
-                               grad_clip=q.grad_clip, b1=q.b1, b2=q.b2, eps=q.eps)
-
-
 def train_sft(config, workdir: str) -> dict[str, float]:
   """Runs (or resumes) SFT; returns the last logged metrics. Writes WORKDIR/policy at the end."""
   os.makedirs(workdir, exist_ok=True)
@@ -139,7 +132,7 @@ def train_sft(config, workdir: str) -> dict[str, float]:
   loaded = loading.load(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                         remat=config.model.remat, shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules))
   graphdef, params = nnx.split(loaded.model)
-  tx = _optimizer(config)
+  tx = update.optimizer_from_config(config.optim, config.train.steps)
   state = update.init_train_state(params, tx)
   prompt_buckets = padding.buckets_up_to(d.max_prompt_tokens, t.prompt_buckets)
   maker = ExampleMaker(loaded.tokenizer, end_of_turn_id(loaded.tokenizer, loaded.stop_ids), d.history_window,

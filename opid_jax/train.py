@@ -11,13 +11,11 @@ detected by JAX itself (see launch/).
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from opid_jax.cli import parse_flags_or_exit, quiet_libraries
-from opid_jax.errors import UserError, exit_on_user_error
+from opid_jax.cli import define_config_flag, parse_flags_or_exit, quiet_libraries, required_config
+from opid_jax.errors import exit_on_user_error
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file with get_config().",
-                                          lock_config=True)
+_CONFIG = define_config_flag()
 flags.DEFINE_string("workdir", None, "Run directory (local path or gs://bucket/path).", required=True)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -28,9 +26,7 @@ FLAGS = flags.FLAGS
 @exit_on_user_error
 def main(argv):
   del argv
-  config = _CONFIG.value
-  if config is None:
-    raise UserError("--config is required (e.g. --config=configs/alfworld.py)")
+  config = required_config(_CONFIG, "configs/alfworld.py")
   from opid_jax.parallel import distributed  # before anything starts a JAX backend
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from opid_jax import config_validation, trainer

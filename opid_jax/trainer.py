@@ -118,10 +118,7 @@ def build_run(config, workdir: str) -> Run:
                         remat=config.model.remat,
                         shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules))
   graphdef, params = nnx.split(loaded.model)
-  total_updates = max(1, config.train.steps)
-  q = config.optim
-  tx = update.make_optimizer(lr=q.lr, warmup_steps=q.warmup_steps, schedule=q.schedule, total_steps=total_updates,
-                             weight_decay=q.weight_decay, grad_clip=q.grad_clip, b1=q.b1, b2=q.b2, eps=q.eps)
+  tx = update.optimizer_from_config(config.optim, config.train.steps)
   state = update.init_train_state(params, tx)
   ref_params = jax.tree.map(jnp.copy, params) if config.ppo.kl_coef > 0 else None
   truncate = config.rollout.truncation_side == "left"
@@ -361,10 +358,7 @@ def restore_latest_params(config, workdir: str, params, checkpoint_dir: str | No
     latest = checkpointer.latest_step()
     if latest is None:
       return None, None
-    q = config.optim
-    tx = update.make_optimizer(lr=q.lr, warmup_steps=q.warmup_steps, schedule=q.schedule,
-                               total_steps=max(1, config.train.steps), weight_decay=q.weight_decay,
-                               grad_clip=q.grad_clip, b1=q.b1, b2=q.b2, eps=q.eps)
+    tx = update.optimizer_from_config(config.optim, config.train.steps)
     state = jax.eval_shape(lambda p: update.init_train_state(p, tx), params)
     shardings = jax.tree.map(lambda x: x.sharding, update.TrainState(params, None, None))
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), state)

@@ -69,6 +69,13 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, schedule: str = "constan
   return optax.chain(*parts)
 
 
+def optimizer_from_config(optim, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer a config's `optim` block describes, its schedule stretched over `total_steps` updates."""
+  return make_optimizer(lr=optim.lr, warmup_steps=optim.warmup_steps, schedule=optim.schedule,
+                        total_steps=max(1, total_steps), weight_decay=optim.weight_decay,
+                        grad_clip=optim.grad_clip, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+
+
 def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
   return TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
