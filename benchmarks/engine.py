@@ -140,6 +140,37 @@ def bench_transformers(model_dir: str, vocab: int, dtype: str, repeats: int):
               gen_tps=new_tokens / t_gen, gen_mem=mem_gen.peak - base)
 
 
+def scoring_flops(shape: str) -> float:
+  """Model FLOPs the scoring workload needs: every layer on all tokens, causal attention, and the vocabulary
+  projection on the response positions only (what any scorer must compute)."""
+  c = SHAPES[shape]
+  d, f, layers, heads, kv = (c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
+                             c["num_attention_heads"], c["num_key_value_heads"])
+  head_dim = d // heads
+  layer_params = d * head_dim * (2 * heads + 2 * kv) + 3 * d * f
+  length = PROMPT + RESPONSE
+  attention = layers * 4 * heads * head_dim * length * (length + 1) / 2
+  return BATCH * (2 * layers * layer_params * length + attention + 2 * d * c["vocab_size"] * RESPONSE)
+
+
+def gemm_gflops(shape: str, repeats: int = 5) -> tuple[float, float]:
+  """The machine's ceiling: the workload's largest GEMM ([batch*length, hidden] x [hidden, ffn]) alone, float32,
+  in JAX and in PyTorch."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  c = SHAPES[shape]
+  m, k, n = BATCH * (PROMPT + RESPONSE), c["hidden_size"], c["intermediate_size"]
+  a, b = np.random.rand(m, k).astype(np.float32), np.random.rand(k, n).astype(np.float32)
+  matmul = jax.jit(jnp.matmul)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  t_jax, _ = timed(lambda: matmul(ja, jb).block_until_ready(), repeats)
+  ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+  t_torch, _ = timed(lambda: ta @ tb, repeats)
+  return 2 * m * k * n / t_jax / 1e9, 2 * m * k * n / t_torch / 1e9
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--shapes", default="tiny,qwen2.5-0.5b")
@@ -169,6 +200,13 @@ def main():
       o, r = ours[f"{kind}_tps"], ref[f"{kind}_tps"]
       om, rm = ours[f"{kind}_mem"] / gb, ref[f"{kind}_mem"] / gb
       print(f"{shape:14} {label:10} {o:11.1f} {r:9.1f} {o / r:6.2f} {om:12.2f} {rm:10.2f} {om / rm:9.2f}")
+  print("\nScoring as a fraction of the machine (model FLOPs the workload needs / time):")
+  for shape, ours, ref in rows:
+    per_token = scoring_flops(shape) / (BATCH * (PROMPT + RESPONSE))
+    jax_gemm, torch_gemm = gemm_gflops(shape)
+    print(f"{shape:14} ours {ours['score_tps'] * per_token / 1e9:6.1f} GFLOP/s, transformers "
+          f"{ref['score_tps'] * per_token / 1e9:6.1f} GFLOP/s; the largest GEMM alone: JAX {jax_gemm:6.1f}, "
+          f"PyTorch {torch_gemm:6.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
