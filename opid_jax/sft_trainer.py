@@ -153,8 +153,8 @@ def train_sft(config, workdir: str) -> dict[str, float]:
   if latest is not None:
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     start, state, _ = checkpointer.restore(latest, abstract)
-    writer.truncate_from(start + 1)
     log.warning("sft: resumed from step %d", start)
+  writer.truncate_from(0 if latest is None else start + 1)  # steps about to be (re)done are logged once
   print(f"sft: {len(train_steps)} training examples ({batches.per_epoch} batches per epoch), "
         f"{len(held_steps)} held out", flush=True)
   last: dict[str, float] = {}

@@ -147,6 +147,7 @@ def build_run(config, workdir: str) -> Run:
 def _maybe_restore(run: Run) -> None:
   latest = run.checkpointer.latest_step()
   if latest is None:
+    run.writer.truncate_from(0)  # rows of an earlier attempt that died before its first checkpoint
     return
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), run.state)
   step, state, host = run.checkpointer.restore(latest, abstract)

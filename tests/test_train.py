@@ -74,6 +74,10 @@ def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   assert (tmp_path / "straight" / "config.json").exists()
 
+  # An earlier attempt that died before its first checkpoint left rows behind: a fresh start drops them.
+  os.makedirs(resumed)
+  with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
+    f.write('{"step": 1, "success": 0.5}\n{"step": 2, "success": 0.5}\n')
   # Same command, killed with SIGKILL once iteration 2's checkpoint is complete, then started again.
   proc = subprocess.Popen(train_cmd(model_dir, resumed, "--config.train.steps=4"), cwd=ROOT, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
