@@ -18,6 +18,9 @@ VARIANTS = {
     "qwen3": dict(cls=transformers.Qwen3Config, tie_word_embeddings=True, head_dim=32, rope_theta=1e6),
     # Llama family (SmolLM2-like): no biases, tied, theta 1e5.
     "llama": dict(cls=transformers.LlamaConfig, tie_word_embeddings=True, rope_theta=1e5),
+    # Qwen3 with one KV head for 3 query heads (multi-query, the study's small policy's shape), theta 1e4.
+    "qwen3_mqa": dict(cls=transformers.Qwen3Config, tie_word_embeddings=True, head_dim=32, num_attention_heads=3,
+                      num_key_value_heads=1, rope_theta=1e4),
 }
 
 

@@ -167,7 +167,7 @@ def _attend_one_query(q, k, v, allowed):
   scores = jnp.einsum("bkgh,bkhs->bkgs", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
   scores = jnp.where(allowed[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  return jnp.einsum("bkgs,bksh->bkgh", probs, v)
+  return jnp.sum(probs[..., None] * v[:, :, None], axis=-2)
 
 
 class MLP(nnx.Module):
