@@ -15,6 +15,7 @@ Stages (each resumable; a finished piece is skipped, an interrupted one resumes 
   runs     every (variant, seed) with the tuned settings -> ROOT/runs/<variant>_s<seed>
   report   REPORT (default results/cpu_study.md) and PNG curves beside it
 Every RL run is `python -m opid_jax.train --config=configs/alfworld_small.py` with overrides, in its own workdir.
+SIGTERM stops the study gracefully: the running piece saves its finished iteration, nothing after it starts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +66,17 @@ def overrides_to_flags(overrides: dict) -> list[str]:
   return [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
+_CHILD: dict = {"process": None, "stop_requested": False}
+
+
+def _stop_gracefully(signum, frame) -> None:
+  """SIGTERM: pass it on to the running piece (a trainer saves its finished iteration and exits), start nothing
+  after it. The same command later resumes where it stopped."""
+  _CHILD["stop_requested"] = True
+  if _CHILD["process"] is not None and _CHILD["process"].poll() is None:
+    _CHILD["process"].send_signal(signal.SIGTERM)
+
+
 def run_module(module: str, config: str, workdir: str, overrides: dict, extra: list[str] = ()) -> float:
   """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt."""
   os.makedirs(workdir, exist_ok=True)
@@ -73,9 +86,13 @@ def run_module(module: str, config: str, workdir: str, overrides: dict, extra: l
   with open(os.path.join(workdir, "log.txt"), "a") as log:
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    done = subprocess.run(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
-  if done.returncode != 0:
-    raise SystemExit(f"error: {module} failed in {workdir} (exit {done.returncode}); see {workdir}/log.txt")
+    _CHILD["process"] = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
+    returncode = _CHILD["process"].wait()
+    _CHILD["process"] = None
+  if _CHILD["stop_requested"]:
+    raise SystemExit(f"stopped on request: {workdir} keeps its last saved iteration; the same command resumes")
+  if returncode != 0:
+    raise SystemExit(f"error: {module} failed in {workdir} (exit {returncode}); see {workdir}/log.txt")
   return time.time() - start
 
 
@@ -226,6 +243,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  signal.signal(signal.SIGTERM, _stop_gracefully)
   study = Study(args)
   stages = ("sft", "probe", "tune", "initial", "runs", "report") if args.stage == "all" else (args.stage,)
   for stage in stages:

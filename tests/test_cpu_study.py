@@ -4,8 +4,10 @@ OPID) for one seed on real games, and the report with its tables and curves."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -31,3 +33,30 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
   # Everything is finished, so a second invocation only rewrites the report.
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "run grpo seed 0" not in again.stdout and "sft:" not in again.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_study_after_the_running_piece_saves(tmp_path):
+  from hf_fixtures import make_hf_model, save_tiny_tokenizer
+  model, workdir = str(tmp_path / "model"), str(tmp_path / "run")
+  save_tiny_tokenizer(model)
+  make_hf_model("qwen3", model, seed=0)
+  script = ("import signal, sys; sys.path.insert(0, 'benchmarks'); import cpu_study\n"
+            "signal.signal(signal.SIGTERM, cpu_study._stop_gracefully)\n"
+            f"cpu_study.run_module('opid_jax.train', 'configs/smoke.py', {workdir!r}, "
+            f"{{'model.path': {model!r}, 'train.steps': 50, 'checkpoint.save_every': 1000}})\n"
+            "print('started the next piece')\n")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+  study = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 600
+  while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    assert study.poll() is None and time.time() < deadline, study.communicate()[1][-3000:]
+    time.sleep(0.05)
+  study.send_signal(signal.SIGTERM)  # to the study only: it hands the signal to the trainer
+  out, err = study.communicate(timeout=300)
+  assert study.returncode == 1 and "stopped on request" in err and "started the next piece" not in out, err[-3000:]
+  log = open(os.path.join(workdir, "log.txt")).read()
+  assert "stop requested: saved iteration" in log, log[-3000:]
+  saved = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert len(saved) == 1 and not os.path.exists(os.path.join(workdir, "summary.md"))
