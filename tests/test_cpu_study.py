@@ -30,9 +30,11 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
   assert "## Success per task type" in report and "## Iterations to reach GRPO's final success" in report
   assert "Missing (not finished yet): none." in report
   assert (root / "cpu_study_eval.png").stat().st_size > 0 and (root / "cpu_study_train.png").stat().st_size > 0
-  # Everything is finished, so a second invocation only rewrites the report.
+  # Everything is finished, so a second invocation only rewrites the report (now naming the runs' commit).
+  (root / "code_commit.txt").write_text("abc1234\nPinned for the study.\n")
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "run grpo seed 0" not in again.stdout and "sft:" not in again.stdout
+  assert "Code: the runs ran from commit `abc1234`. Pinned for the study." in (root / "cpu_study.md").read_text()
 
 
 @pytest.mark.slow
