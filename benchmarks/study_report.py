@@ -289,7 +289,8 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
       *[f"| {k} | {100 * v:.1f} |" for k, v in sorted(tune_scores.items())],
       "",
       (f"Chosen: lr={lr:g} (best GRPO tuning run; every variant uses it), lambda_skill={lam:g} (best OPID tuning "
-       "run at that lr)." if len(tune_scores) == 4 or study.short else
+       "run at that lr; a tie goes to the smaller value, the one nearer the paper's 0.001). With 50 games a tie "
+       "(equal success counts) says the tuning could not tell the values apart." if len(tune_scores) == 4 or study.short else
        f"Tuning not finished ({len(tune_scores)} of 4 runs); nothing is chosen yet."),
       "",
       "## Cost",
