@@ -9,7 +9,8 @@ lists; results written as a markdown report with learning curves.
 
 Stages (each resumable; a finished piece is skipped, an interrupted one resumes from its checkpoint):
   sft      behaviour cloning of the small from-scratch policy (configs/sft_alfworld_small.py) -> ROOT/sft/policy
-  probe    the skill-signal probe (opid_jax.probe_skills) on the random initial and the SFT policy -> ROOT/probe_*.json
+  probe    the skill-signal probe (opid_jax.probe_skills) on the random initial and the SFT policy (and
+           SmolLM2-135M-Instruct, a reference instruct model, when installed) -> ROOT/probe_*.json
   tune     on valid_train only: the lr from short GRPO runs, then lambda_skill from short OPID runs -> ROOT/tune/*
   initial  the SFT policy's evaluation (greedy, so every variant shares this step-0 point) -> ROOT/initial
   runs     every (variant, seed) with the tuned settings -> ROOT/runs/<variant>_s<seed>
@@ -174,12 +175,17 @@ class Study:
     return lr, lam, {k: v for k, v in scores.items() if v != float("-inf")}
 
   def probe(self) -> None:
-    """The skill-signal probe on the random initial policy and on the SFT policy (ROOT/probe_<name>.json)."""
-    for name in ("init_policy", "policy"):
+    """The skill-signal probe on the random initial policy, the SFT policy and, as a reference instruct model,
+    SmolLM2-135M-Instruct when its GGUF is installed (ROOT/probe_<name>.json)."""
+    from configs.demo import smollm2_gguf
+    models = {name: os.path.join(self.root, "sft", name) for name in ("init_policy", "policy")}
+    if not self.short and smollm2_gguf():
+      models["smollm2"] = smollm2_gguf()
+    for name, model in models.items():
       out = os.path.join(self.root, f"probe_{name}.json")
       if os.path.exists(out):
         continue
-      cmd = [sys.executable, "-m", "opid_jax.probe_skills", f"--model={os.path.join(self.root, 'sft', name)}",
+      cmd = [sys.executable, "-m", "opid_jax.probe_skills", f"--model={model}",
              f"--games={self.args.data_dir}", f"--n={2 if self.short else self.args.probe_games}",
              "--split=valid_seen", f"--json={out}"]
       done = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True)

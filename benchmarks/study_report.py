@@ -180,13 +180,13 @@ def sft_table(study, phases=()) -> list[str]:
 def probe_table(study) -> list[str]:
   lines = ["| policy | skill | steps | expert shift (nats) | other shift | margin gain |", "|---|---|---|---|---|---|"]
   found = False
-  for name in ("init_policy", "policy"):
+  labels = {"init_policy": "random init", "policy": "after SFT", "smollm2": "SmolLM2-135M-Instruct (reference)"}
+  for name, label in labels.items():
     path = os.path.join(study.root, f"probe_{name}.json")
     if not os.path.exists(path):
       continue
     found = True
     report = json.load(open(path))
-    label = "random init" if name == "init_policy" else "after SFT"
     for kind, row in report["kinds"].items():
       lines.append(f"| {label} | {kind} | {row['steps']} | {row['expert_shift']:+.2f} | {row['other_shift']:+.2f} | "
                    f"{row['margin_gain']:+.2f} |")
