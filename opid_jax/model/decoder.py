@@ -101,25 +101,26 @@ class Attention(nnx.Module):
     v = constrain(v, ("batch", "length", "kv_heads", "head_dim"))
     b, t, n, h = q.shape
     q = q.reshape(b, t, cfg.num_kv_heads, n // cfg.num_kv_heads, h)
-    query_slot = cache_index + jnp.arange(t)
     if cache is not None:
       cache = _write_cache(cache, k, v, cache_index)
-      if t == 1:
+      if t == 1:  # a decode step: one query against the whole cache, in the cache's own layout
         allowed = kv_valid & (jnp.arange(kv_valid.shape[1]) <= cache_index)[None]  # [b, s]
         out = _attend_one_query(q[:, 0], cache.k.astype(q.dtype), cache.v.astype(q.dtype), allowed)
-        out = jnp.einsum("bnh,nhd->bd", out.reshape(b, n, h), self.o[...].astype(x.dtype))[:, None]
-        return out, cache
+        return self._output(out.reshape(b, 1, n, h), x.dtype), cache
       if isinstance(cache_index, int) and cache_index == 0:
-        kv_valid = kv_valid[:, :t]  # a prefill into an empty cache: every later slot is masked anyway
+        kv_valid = kv_valid[:, :t]  # queries at slots < t see only keys at slots < t: the fresh ones
       else:
-        k, v = cache.k.transpose(0, 3, 1, 2), cache.v.swapaxes(1, 2)
-        k = constrain(k, ("batch", "cache_length", "kv_heads", "head_dim"))
-        v = constrain(v, ("batch", "cache_length", "kv_heads", "head_dim"))
+        k = constrain(cache.k.transpose(0, 3, 1, 2), ("batch", "cache_length", "kv_heads", "head_dim"))
+        v = constrain(cache.v.swapaxes(1, 2), ("batch", "cache_length", "kv_heads", "head_dim"))
+    query_slot = cache_index + jnp.arange(t)
     causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]  # [t, s]
     allowed = causal[None] & kv_valid[:, None, :]  # [b, t, s]
-    out = _attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed).reshape(b, t, n, h)
-    out = jnp.einsum("btnh,nhd->btd", out, self.o[...].astype(x.dtype))
-    return out, cache
+    out = _attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+    return self._output(out.reshape(b, t, n, h), x.dtype), cache
+
+  def _output(self, heads, dtype):
+    """[b, t, heads, head_dim] -> [b, t, embed]."""
+    return jnp.einsum("btnh,nhd->btd", heads, self.o[...].astype(dtype))
 
 
 QUERY_BLOCK = 256
