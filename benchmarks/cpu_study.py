@@ -179,8 +179,9 @@ class Study:
     SmolLM2-135M-Instruct when its GGUF is installed (ROOT/probe_<name>.json)."""
     from configs.demo import smollm2_gguf
     models = {name: os.path.join(self.root, "sft", name) for name in ("init_policy", "policy")}
-    if not self.short and smollm2_gguf():
-      models["smollm2"] = smollm2_gguf()
+    reference = "" if self.short else smollm2_gguf()
+    if reference:
+      models["smollm2"] = reference
     for name, model in models.items():
       out = os.path.join(self.root, f"probe_{name}.json")
       if os.path.exists(out):

@@ -200,7 +200,6 @@ def main():
       make_checkpoint(shape, tmp)
       vocab = SHAPES[shape]["vocab_size"]
       ref = bench_transformers(tmp, vocab, args.dtype, args.repeats)
-      gc.collect()
       ours = bench_ours(tmp, vocab, args.dtype, args.repeats, SCORE_MICRO_BATCH[shape])
     rows.append((shape, ours, ref))
     print(f"[{shape}] ours {ours}\n[{shape}] transformers {ref}", file=sys.stderr, flush=True)
