@@ -111,16 +111,35 @@ def task_type_table(runs: dict) -> list[str]:
   return lines
 
 
-def steps_to_grpo(runs: dict) -> list[str]:
+def _train_success(seeds: dict) -> tuple[list, np.ndarray]:
+  """Iterations and the seed-mean rollout success per iteration (over the iterations every seed has)."""
+  per_seed = [[(r["step"], r["success"]) for r in s["rows"] if "success" in r] for s in seeds.values()]
+  length = min(len(p) for p in per_seed)
+  return [step for step, _ in per_seed[0][:length]], np.mean([[v for _, v in p[:length]] for p in per_seed], 0)
+
+
+def first_reaching(steps: list, values, target: float):
+  """The first step whose value is >= target (None if none is)."""
+  return next((s for s, v in zip(steps, values) if v >= target - 1e-12), None)
+
+
+def steps_to_grpo(runs: dict, window: int = 3) -> list[str]:
   if "grpo" not in runs:
     return ["(no finished GRPO run yet)"]
   target = float(np.mean(_final(runs["grpo"], "eval/success")))
-  lines = [f"GRPO's final success on both splits: {100 * target:.1f}%.", "",
-           "| variant | first evaluated iteration whose seed-mean success >= that |", "|---|---|"]
+  grpo_steps, grpo_train = _train_success(runs["grpo"])
+  train_target = float(np.mean(grpo_train[-window:]))
+  lines = [f"GRPO's final success: {100 * target:.1f}% on both splits (greedy evaluation); {100 * train_target:.1f}% "
+           f"in its rollouts (seed mean over its last {window} iterations).", "",
+           "| variant | first evaluated iteration whose seed-mean success >= GRPO's final | first iteration whose "
+           f"rollout success ({window}-iteration moving average, seed mean) >= GRPO's final |", "|---|---|---|"]
   for variant, seeds in runs.items():
     steps, mean, _ = _curve(seeds, "eval/success")
-    hit = next((s for s, m in zip(steps, mean) if m >= target), None)
-    lines.append(f"| {variant} | {hit if hit is not None else 'not reached'} |")
+    hit = first_reaching(steps, mean, target)
+    train_steps, train = _train_success(seeds)
+    train_hit = first_reaching(train_steps, plot.moving_average(list(train), window), train_target)
+    lines.append(f"| {variant} | {hit if hit is not None else 'not reached'} | "
+                 f"{train_hit if train_hit is not None else 'not reached'} |")
   return lines
 
 
@@ -137,26 +156,43 @@ def time_table(runs: dict) -> tuple[list[str], float]:
   return lines, total
 
 
-def verdict(runs: dict) -> list[str]:
+def evaluation_se(p1: float, p2: float, episodes: int) -> float:
+  """Binomial standard error of the difference of two success rates, each measured on `episodes` games: the noise
+  of the evaluation itself (which games happen to be in the lists), separate from the seed-to-seed spread."""
+  return float(np.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / episodes))
+
+
+def compare(runs: dict, a: str, b: str, episodes: int) -> str:
+  """One verdict line for variant a - variant b on both splits. Resolved only with >= 2 seeds each and a gap larger
+  than both the largest seed std and twice the evaluation's standard error."""
+  fa, fb = _final(runs[a], "eval/success"), _final(runs[b], "eval/success")
+  gap = 100 * (np.mean(fa) - np.mean(fb))
+  spread = 100 * max(_mean_std(fa)[1], _mean_std(fb)[1])
+  se = 100 * evaluation_se(float(np.mean(fa)), float(np.mean(fb)), episodes)
+  n = min(len(fa), len(fb))
+  if n < 2:
+    judged = "one seed only: no statement about the direction is possible"
+  elif abs(gap) <= max(spread, 2 * se):
+    judged = "within the noise: not resolved at this scale"
+  else:
+    judged = f"{a} better" if gap > 0 else f"{b} better"
+  return (f"- {a} - {b} on both splits: {gap:+.1f} points (largest seed std {spread:.1f}; evaluation standard error "
+          f"of the difference {se:.1f}; {n} seed{"s" if n != 1 else ""}): {judged}.")
+
+
+def verdict(runs: dict, episodes: int) -> list[str]:
   finals = {v: float(np.mean(_final(s, "eval/success"))) for v, s in runs.items() if _final(s, "eval/success")}
   lines = []
-  if "opid" in finals and "grpo" in finals:
-    gap = 100 * (finals["opid"] - finals["grpo"])
-    stds = [_mean_std(_final(runs[v], "eval/success"))[1] for v in ("opid", "grpo")]
-    noise = 100 * max(stds)
-    n = min(len(runs["opid"]), len(runs["grpo"]))
-    if n < 2:
-      judged = "one seed only: no statement about the direction is possible"
-    elif abs(gap) <= noise:
-      judged = "within the seed-to-seed spread: the direction is not resolved at this scale"
-    else:
-      judged = "the paper's direction holds" if gap > 0 else "the opposite of the paper's direction"
-    lines.append(f"- OPID - GRPO on both splits: {gap:+.1f} points (largest seed std {noise:.1f}; {n} seeds): {judged}.")
+  if "opid" in finals:
+    others = [v for v in ("grpo", "episode_only", "step_only", "superimpose") if v in finals]
+    lines += [compare(runs, "opid", v, episodes).replace("- opid - grpo", "- OPID - GRPO (the paper's direction)")
+              for v in others]
   ours = sorted(finals, key=lambda v: -finals[v])
   paper = [v for v in sorted(PAPER, key=lambda v: -PAPER[v]) if v in finals]
   if len(ours) >= 3:
     lines.append(f"- Observed order: {' > '.join(ours)}; paper's order: {' > '.join(paper)}; Kendall tau "
-                 f"{_kendall_tau(ours, paper):+.2f} (+1: same order, -1: reversed).")
+                 f"{_kendall_tau(ours, paper):+.2f} (+1: same order, -1: reversed). Gaps inside the noise above make "
+                 "the order itself noise.")
   return lines or ["- Not enough finished runs for a verdict."]
 
 
@@ -193,17 +229,36 @@ def probe_table(study) -> list[str]:
   return lines if found else ["(probe not run)"]
 
 
-def limits(study, runs: dict) -> list[str]:
+def _run_config(study, runs: dict) -> dict:
+  """The config.json of one finished run (every run shares all but the seed and the OPID settings)."""
+  for variant, seeds in runs.items():
+    for seed in seeds:
+      path = os.path.join(study.run_dir(variant, seed), "config.json")
+      if os.path.exists(path):
+        return json.load(open(path))
+  return {}
+
+
+def limits(study, runs: dict, episodes: int) -> list[str]:
   seeds = sorted({s for v in runs.values() for s in v})
+  config = _run_config(study, runs)
+  train, rollout = config.get("train", {}), config.get("rollout", {})
+  finals = [f for seeds in runs.values() for f in _final(seeds, "eval/success")]
+  p = float(np.mean(finals)) if finals else 0.1
   return [
-      "- Scale: a few-million-parameter policy trained from scratch (SFT on expert walkthroughs), a few dozen RL "
-      "iterations of 4 tasks x 4 rollouts; the paper trains a 3B instruct model for 150 iterations of 16 x 8.",
+      f"- Scale: a few-million-parameter policy trained from scratch (SFT on expert walkthroughs), "
+      f"{train.get('steps', '?')} RL iterations of {rollout.get('tasks_per_batch', '?')} tasks x "
+      f"{rollout.get('group_size', '?')} rollouts (history window {rollout.get('history_window', '?')}); the paper "
+      "trains a 3B instruct model for 150 iterations of 16 x 8.",
       "- The analyzer is `expert`: skills come from the walkthrough (privileged, always right), not from an LLM "
       "reading the trajectory; the SFT data teaches the policy to read exactly these skill texts.",
       f"- Seeds: {len(seeds)} ({', '.join(map(str, seeds)) or 'none'}) finished per variant at most; "
       "differences smaller than the seed spread are not evidence either way.",
-      "- Evaluation is greedy on the full valid_seen (140) and valid_unseen (134) lists with a 20-step cap; one "
-      "evaluation per `train.eval_every` iterations.",
+      f"- Evaluation is greedy on the full valid_seen (140) and valid_unseen (134) lists ({episodes} games) with a "
+      f"{rollout.get('max_steps', '?')}-step cap, after iteration 0 (the shared SFT policy) and every "
+      f"{train.get('eval_every', '?')} iterations. At {100 * p:.0f}% success (the runs' mean) one evaluation's "
+      f"binomial standard error is {100 * np.sqrt(p * (1 - p) / max(episodes, 1)):.1f} points, so a difference "
+      "between two variants needs several points to mean anything, whatever the seeds say.",
   ]
 
 
@@ -223,6 +278,7 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
   os.makedirs(os.path.dirname(out), exist_ok=True)
   stem = os.path.splitext(out)[0]
   _, initial_table = _initial(study)
+  episodes = int(initial_table.get("all", {}).get("episodes", 274))
   missing = [f"{v}_s{s}" for v in study.args.variants for s in study.args.seeds if s not in runs.get(v, {})]
   panels = {}
   for key, title in (("eval/valid_seen/success", "valid_seen success (greedy, no skills)"),
@@ -256,7 +312,7 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
       f"runs finished{' (the study is in progress; the verdict below covers the finished runs only)' if missing else ''}.",
       "",
       "## Verdict (computed from the numbers below)",
-      *verdict(runs),
+      *verdict(runs, episodes),
       "",
       "## Success after training (greedy, no skills; mean ± std over seeds, %)", "",
       *success_table(runs),
@@ -303,7 +359,7 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
       f"Missing (not finished yet): {', '.join(missing) if missing else 'none'}.",
       "",
       "## What limits the conclusion",
-      *limits(study, runs),
+      *limits(study, runs, episodes),
   ]
   with open(out, "w") as f:
     f.write("\n".join(lines) + "\n")
