@@ -177,7 +177,7 @@ def compare(runs: dict, a: str, b: str, episodes: int) -> str:
   else:
     judged = f"{a} better" if gap > 0 else f"{b} better"
   return (f"- {a} - {b} on both splits: {gap:+.1f} points (largest seed std {spread:.1f}; evaluation standard error "
-          f"of the difference {se:.1f}; {n} seed{"s" if n != 1 else ""}): {judged}.")
+          f"of the difference {se:.1f}; {n} seed{'s' if n != 1 else ''}): {judged}.")
 
 
 def verdict(runs: dict, episodes: int) -> list[str]:
