@@ -58,7 +58,7 @@ def main():
   c.rollout.update(tasks_per_batch=args.tasks, group_size=args.group, max_new_tokens=32, max_steps=3)
   c.ppo.update(mini_batch_size=64, micro_batch_size=8)
   c.train.update(steps=args.iterations, score_micro_batch=8, response_buckets=(32,))
-  c.checkpoint.update(save_every=1000)
+  c.checkpoint.update(save_every=1)  # a row's time/checkpoint is the previous iteration's save
   trainer.train(c, os.path.join(tmp, "run"))
   with open(os.path.join(tmp, "run", "metrics.jsonl")) as f:
     last = [json.loads(line) for line in f][-1]

@@ -163,8 +163,8 @@ def train_sft(config, workdir: str) -> dict[str, float]:
     with use_rules(mesh, rules), ckpt_lib.PreemptionGuard() as guard:
       bar = tqdm.tqdm(range(start, t.steps), desc="sft", initial=start, total=t.steps, dynamic_ncols=True,
                       disable=not distributed.is_lead())
+      timer = metrics_lib.PhaseTimer()
       for step in bar:
-        timer = metrics_lib.PhaseTimer()
         samples, kinds = batches.batch(step)
         with timer.phase("update"):
           state, m = minibatch_step.optimizer_step(state, samples, layout, graphdef=graphdef, tx=tx, cfg=loss_cfg)
@@ -172,14 +172,14 @@ def train_sft(config, workdir: str) -> dict[str, float]:
         done = step + 1
         metrics = {"loss": m["sft/loss"], **m, "sft/epoch": step / batches.per_epoch,
                    "sft/skill_share": float(np.mean([k != "none" for k in kinds]))}
-        with timer.phase("checkpoint"):
-          checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=done == t.steps)
         if held_steps and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
           with timer.phase("eval"):
             metrics.update(heldout_metrics(scorer, maker, held_steps, state.params))
         metrics.update(timer.as_metrics())
-        writer.write(done, metrics)
+        writer.write(done, metrics)  # before the save, as in RL training: a restart redoes an unsaved step's row
         last = metrics
+        with timer.phase("checkpoint"):
+          checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=done == t.steps)
         if distributed.any_process(guard.requested):
           checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=True)
           log.warning("stop requested: saved step %d, exiting", done)

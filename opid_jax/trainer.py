@@ -298,23 +298,26 @@ def train(config, workdir: str) -> dict[str, float]:
         run.writer.write(0, {**metrics, **timer.as_metrics()})
       bar = tqdm.tqdm(range(run.start_iteration, config.train.steps), desc="iterations", disable=not lead,
                       initial=run.start_iteration, total=config.train.steps, dynamic_ncols=True)
+      timer = metrics_lib.PhaseTimer(on_phase=lambda name: bar.set_postfix_str(name))
       for iteration in bar:
-        timer = metrics_lib.PhaseTimer(on_phase=lambda name: bar.set_postfix_str(name))
         metrics = run_iteration(run, iteration, timer)
         done = iteration + 1
         if lead:
           dump_trajectories(workdir, done, *run.last_rollout)
-        with timer.phase("checkpoint"):
-          run.checkpointer.save(done, run.state, host_state(run, done), force=done == config.train.steps)
         periodic = config.train.eval_every and done % config.train.eval_every == 0
         if periodic or (config.train.eval_at_end and done == config.train.steps):
           with timer.phase("eval"):
             metrics.update(run_evaluation(run, done))
+        # Logged, evaluation included, before the checkpoint: a kill anywhere before the save is durable redoes this
+        # iteration exactly on restart and drops this row, so no row or evaluation is ever lost. A row's
+        # time/checkpoint is therefore the previous iteration's save.
         phase_seconds = timer.as_metrics()
         metrics.update(phase_seconds)
         metrics["time/step"] = sum(phase_seconds.values())
         run.writer.write(done, metrics)
         last = metrics
+        with timer.phase("checkpoint"):
+          run.checkpointer.save(done, run.state, host_state(run, done), force=done == config.train.steps)
         if distributed.any_process(guard.requested):  # checked last: a signal during logging counts too
           run.checkpointer.save(done, run.state, host_state(run, done), force=True)
           log.warning("stop requested: saved iteration %d, exiting", done)

@@ -70,7 +70,8 @@ def test_missing_model_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  res = run_train(model_dir, straight, "--config.train.steps=4")
+  flags = ("--config.train.steps=4", "--config.train.eval_every=2", "--config.train.eval_tasks=64")
+  res = run_train(model_dir, straight, *flags)
   assert res.returncode == 0, res.stderr[-3000:]
   assert (tmp_path / "straight" / "config.json").exists()
 
@@ -78,22 +79,24 @@ def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
   os.makedirs(resumed)
   with open(os.path.join(resumed, "metrics.jsonl"), "w") as f:
     f.write('{"step": 1, "success": 0.5}\n{"step": 2, "success": 0.5}\n')
-  # Same command, killed with SIGKILL once iteration 2's checkpoint is complete, then started again.
-  proc = subprocess.Popen(train_cmd(model_dir, resumed, "--config.train.steps=4"), cwd=ROOT, env=ENV,
+  # Same command, killed with SIGKILL as soon as iteration 2's checkpoint is complete (if iteration 2's row, with
+  # its evaluation, were written only after the checkpoint, the kill would land before it), then started again.
+  proc = subprocess.Popen(train_cmd(model_dir, resumed, *flags), cwd=ROOT, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while not os.path.isdir(os.path.join(resumed, "checkpoints", "2")):
     assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-    time.sleep(0.05)
+    time.sleep(0.02)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert len(read_metrics(resumed)) < 4
-  res = run_train(model_dir, resumed, "--config.train.steps=4")
+  res = run_train(model_dir, resumed, *flags)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "resumed from iteration 2" in res.stderr or "resumed from iteration 3" in res.stderr, res.stderr[-3000:]
 
   a, b = read_metrics(straight), read_metrics(resumed)
   assert [r["step"] for r in b] == [1, 2, 3, 4]
+  assert [r["step"] for r in b if "eval/success" in r] == [2, 4]
   for ra, rb in zip(a, b):
     assert ra.keys() == rb.keys()
     for k in ra:
