@@ -80,14 +80,23 @@ def _final(seeds: dict, key: str) -> list[float]:
   return [s["evals"][-1][key] for s in seeds.values() if key in s["evals"][-1]]
 
 
-def _kendall_tau(order_a: list[str], order_b: list[str]) -> float:
-  common = [x for x in order_a if x in order_b]
-  pos_b = {x: i for i, x in enumerate(order_b)}
-  pairs = [(i, j) for i in range(len(common)) for j in range(i + 1, len(common))]
+def _kendall_tau(scores_a: dict, scores_b: dict) -> float:
+  """Rank agreement of two score dicts over their common keys: +1 same order, -1 reversed; a tie in either counts 0."""
+  common = [x for x in scores_a if x in scores_b]
+  pairs = [(x, y) for i, x in enumerate(common) for y in common[i + 1:]]
   if not pairs:
     return float("nan")
-  agree = sum(1 if pos_b[common[i]] < pos_b[common[j]] else -1 for i, j in pairs)
-  return agree / len(pairs)
+  return float(sum(np.sign(scores_a[x] - scores_a[y]) * np.sign(scores_b[x] - scores_b[y]) for x, y in pairs)
+               / len(pairs))
+
+
+def _order(scores: dict) -> str:
+  """'a > b = c': best first, exact ties joined by '='."""
+  ranked = sorted(scores, key=lambda v: -scores[v])
+  out = ranked[:1]
+  for prev, v in zip(ranked, ranked[1:]):
+    out += [" = " if abs(scores[prev] - scores[v]) < 1e-9 else " > ", v]
+  return "".join(out)
 
 
 def success_table(runs: dict) -> list[str]:
@@ -187,12 +196,11 @@ def verdict(runs: dict, episodes: int) -> list[str]:
     others = [v for v in ("grpo", "episode_only", "step_only", "superimpose") if v in finals]
     lines += [compare(runs, "opid", v, episodes).replace("- opid - grpo", "- OPID - GRPO (the paper's direction)")
               for v in others]
-  ours = sorted(finals, key=lambda v: -finals[v])
-  paper = [v for v in sorted(PAPER, key=lambda v: -PAPER[v]) if v in finals]
-  if len(ours) >= 3:
-    lines.append(f"- Observed order: {' > '.join(ours)}; paper's order: {' > '.join(paper)}; Kendall tau "
-                 f"{_kendall_tau(ours, paper):+.2f} (+1: same order, -1: reversed). Gaps inside the noise above make "
-                 "the order itself noise.")
+  if len(finals) >= 3:
+    paper = {v: PAPER[v] for v in finals if v in PAPER}
+    lines.append(f"- Observed order: {_order(finals)}; paper's order: {_order(paper)}; Kendall tau "
+                 f"{_kendall_tau(finals, paper):+.2f} (+1: same order, -1: reversed, ties count 0). Gaps inside the "
+                 "noise above make the order itself noise.")
   return lines or ["- Not enough finished runs for a verdict."]
 
 

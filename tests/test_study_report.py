@@ -19,11 +19,15 @@ def _seed(finals, train=(), evals_at=(0, 16), initial=0.1):
   return {"evals": evals, "rows": rows, "final_table": {}}
 
 
-def test_kendall_tau_by_hand():
-  assert study_report._kendall_tau(["a", "b", "c"], ["a", "b", "c"]) == 1.0
-  assert study_report._kendall_tau(["c", "b", "a"], ["a", "b", "c"]) == -1.0
+def test_kendall_tau_and_order_by_hand():
+  paper = {"a": 3.0, "b": 2.0, "c": 1.0}
+  assert study_report._kendall_tau({"a": 3, "b": 2, "c": 1}, paper) == 1.0
+  assert study_report._kendall_tau({"a": 1, "b": 2, "c": 3}, paper) == -1.0
   # pairs (a,b) +1, (a,c) +1, (b,c) -1
-  assert study_report._kendall_tau(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx(1 / 3)
+  assert study_report._kendall_tau({"a": 3, "b": 1, "c": 2}, paper) == pytest.approx(1 / 3)
+  # (a,b) tied: 0; (a,c) +1; (b,c) +1
+  assert study_report._kendall_tau({"a": 2, "b": 2, "c": 1, "d": 9}, paper) == pytest.approx(2 / 3)
+  assert study_report._order({"a": 0.1, "b": 0.3, "c": 0.1, "d": 0.2}) == "b > d > a = c"
 
 
 def test_evaluation_standard_error_by_hand():
@@ -45,7 +49,8 @@ def test_verdict_needs_two_seeds_and_a_gap_above_the_noise():
   lines = study_report.verdict({**runs, "step_only": {0: _seed(0.5), 1: _seed(0.5)}}, episodes=1000)
   assert lines[0].startswith("- OPID - GRPO (the paper's direction) on both splits: +11.0 points")
   assert lines[1].startswith("- opid - step_only on both splits: -28.0 points") and lines[1].endswith("step_only better.")
-  assert lines[2].startswith("- Observed order: step_only > opid > grpo; paper's order: opid > grpo > step_only")
+  assert lines[2].startswith("- Observed order: step_only > opid > grpo; paper's order: opid > grpo > step_only; "
+                             "Kendall tau -0.33")
 
 
 def test_iterations_to_reach_grpos_final_success():
