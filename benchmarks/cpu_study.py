@@ -80,6 +80,8 @@ def _stop_gracefully(signum, frame) -> None:
 
 def run_module(module: str, config: str, workdir: str, overrides: dict, extra: list[str] = ()) -> float:
   """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt."""
+  if _CHILD["stop_requested"]:  # the stop came between two pieces: start nothing
+    raise SystemExit(f"stopped on request before {workdir} started")
   os.makedirs(workdir, exist_ok=True)
   cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *overrides_to_flags(overrides),
          *extra]
@@ -95,6 +97,13 @@ def run_module(module: str, config: str, workdir: str, overrides: dict, extra: l
   if returncode != 0:
     raise SystemExit(f"error: {module} failed in {workdir} (exit {returncode}); see {workdir}/log.txt")
   return time.time() - start
+
+
+def require_finished(workdir: str) -> None:
+  """A trainer stopped on its own (e.g. a SIGTERM sent to it, not to the study) exits cleanly before its last
+  iteration: stop the study rather than go on as if the run were done."""
+  if not os.path.exists(os.path.join(workdir, "summary.md")):
+    raise SystemExit(f"stopped: {workdir} ended before its last iteration (it resumes from its last saved one)")
 
 
 class Study:
@@ -144,6 +153,7 @@ class Study:
                    "env.eval_split": "valid_train", "train.steps": self.args.tune_steps,
                    "train.eval_every": self.args.tune_steps, "train.eval_tasks": self.args.tune_eval_tasks}
       seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
+      require_finished(workdir)
       print(f"tune {name}: {seconds:.0f} s", flush=True)
     return name
 
@@ -214,6 +224,7 @@ class Study:
           continue
         overrides = {**self.rl_overrides(seed, lr, lam), **VARIANTS[variant]}
         seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
+        require_finished(workdir)
         print(f"run {variant} seed {seed}: {seconds:.0f} s", flush=True)
 
   def report(self) -> str:

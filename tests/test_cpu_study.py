@@ -62,3 +62,21 @@ def test_sigterm_stops_the_study_after_the_running_piece_saves(tmp_path):
   assert "stop requested: saved iteration" in log, log[-3000:]
   saved = os.listdir(os.path.join(workdir, "checkpoints"))
   assert len(saved) == 1 and not os.path.exists(os.path.join(workdir, "summary.md"))
+
+
+def test_a_stop_between_pieces_starts_nothing_and_an_unfinished_run_is_not_taken_as_done(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import cpu_study
+  cpu_study._CHILD["stop_requested"] = True
+  try:
+    with pytest.raises(SystemExit, match="stopped on request before"):
+      cpu_study.run_module("opid_jax.train", "configs/smoke.py", str(tmp_path / "next"), {})
+  finally:
+    cpu_study._CHILD["stop_requested"] = False
+  assert not (tmp_path / "next").exists()
+  # a trainer that was stopped by a signal sent to it (not to the study) exits 0 without its summary
+  (tmp_path / "stopped").mkdir()
+  with pytest.raises(SystemExit, match="ended before its last iteration"):
+    cpu_study.require_finished(str(tmp_path / "stopped"))
+  (tmp_path / "stopped" / "summary.md").write_text("| metric |\n")
+  cpu_study.require_finished(str(tmp_path / "stopped"))
