@@ -120,11 +120,13 @@ def task_type_table(runs: dict) -> list[str]:
   return lines
 
 
-def _train_success(seeds: dict) -> tuple[list, np.ndarray]:
-  """Iterations and the seed-mean rollout success per iteration (over the iterations every seed has)."""
-  per_seed = [[(r["step"], r["success"]) for r in s["rows"] if "success" in r] for s in seeds.values()]
+def _train_curve(seeds: dict, key: str) -> tuple[list, np.ndarray, np.ndarray]:
+  """Iterations, seed mean and seed std of a per-iteration training metric (over the iterations every seed has)."""
+  per_seed = [[(r["step"], r[key]) for r in s["rows"] if key in r] for s in seeds.values()]
   length = min(len(p) for p in per_seed)
-  return [step for step, _ in per_seed[0][:length]], np.mean([[v for _, v in p[:length]] for p in per_seed], 0)
+  values = np.array([[v for _, v in p[:length]] for p in per_seed], float)
+  std = values.std(0, ddof=1) if len(values) > 1 else 0 * values[0]
+  return [step for step, _ in per_seed[0][:length]], values.mean(0), std
 
 
 def first_reaching(steps: list, values, target: float):
@@ -136,7 +138,7 @@ def steps_to_grpo(runs: dict, window: int = 3) -> list[str]:
   if "grpo" not in runs:
     return ["(no finished GRPO run yet)"]
   target = float(np.mean(_final(runs["grpo"], "eval/success")))
-  grpo_steps, grpo_train = _train_success(runs["grpo"])
+  _, grpo_train, _ = _train_curve(runs["grpo"], "success")
   train_target = float(np.mean(grpo_train[-window:]))
   lines = [f"GRPO's final success: {100 * target:.1f}% on both splits (greedy evaluation); {100 * train_target:.1f}% "
            f"in its rollouts (seed mean over its last {window} iterations).", "",
@@ -145,7 +147,7 @@ def steps_to_grpo(runs: dict, window: int = 3) -> list[str]:
   for variant, seeds in runs.items():
     steps, mean, _ = _curve(seeds, "eval/success")
     hit = first_reaching(steps, mean, target)
-    train_steps, train = _train_success(seeds)
+    train_steps, train, _ = _train_curve(seeds, "success")
     train_hit = first_reaching(train_steps, plot.moving_average(list(train), window), train_target)
     lines.append(f"| {variant} | {hit if hit is not None else 'not reached'} | "
                  f"{train_hit if train_hit is not None else 'not reached'} |")
@@ -300,11 +302,7 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
     for v, seeds in runs.items():
       for key, title in (("success", "training success (rollouts, with sampling)"),
                          ("episode_length", "training episode length")):
-        per_seed = [[r[key] for r in s["rows"] if key in r] for s in seeds.values()]
-        length = min(len(p) for p in per_seed)
-        values = np.array([p[:length] for p in per_seed], float)
-        steps = [r["step"] for r in next(iter(seeds.values()))["rows"] if key in r][:length]
-        train_panels[title][v] = (steps, values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0])
+        train_panels[title][v] = _train_curve(seeds, key)
     plot.plot_mean_curves(train_panels, train_png)
   times, total_seconds = time_table(runs)
   sft = os.path.join(study.root, "sft", "sft_summary.json")
