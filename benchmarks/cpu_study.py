@@ -17,11 +17,17 @@ Stages (each resumable; a finished piece is skipped, an interrupted one resumes 
   report   REPORT (default results/cpu_study.md) and PNG curves beside it
 Every RL run is `python -m opid_jax.train --config=configs/alfworld_small.py` with overrides, in its own workdir.
 SIGTERM stops the study gracefully: the running piece saves its finished iteration, nothing after it starts.
+
+Every finished piece is also copied, without checkpoints, into STORE (default results/cpu_study/, committed with
+the repository; see study_store.py), and a new invocation first copies the store back into ROOT: a study spread
+over several machines loses nothing it finished. `--until=TIME` starts no piece that would not finish by then
+(estimated from `--run_minutes`), so a study run in fixed time slots never leaves a half-done run behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -34,6 +40,8 @@ import numpy as np
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT_DIR)
 
+import study_store  # noqa: E402
+from configs import alfworld_small  # noqa: E402
 from opid_jax import plot  # noqa: E402
 
 VARIANTS = {  # name -> config overrides on top of the tuned settings
@@ -48,6 +56,7 @@ TUNE_LAMBDAS = (0.01, 0.1)
 TUNE_LRS = (3e-5, 1e-4)
 SFT_PHASES = (300, 1000)  # SFT length per phase (see Study.sft)
 RL_CONFIG = "configs/alfworld_small.py"
+RL_ITERATIONS = alfworld_small.get_config().train.steps  # a tuning run of N iterations: N/RL_ITERATIONS of a run
 SFT_CONFIG = "configs/sft_alfworld_small.py"
 
 # The short version: a tiny policy, one RL iteration, a few games per split (minutes; for CI).
@@ -61,6 +70,10 @@ SHORT_RL = {"rollout.tasks_per_batch": 1, "rollout.group_size": 2, "rollout.max_
             "rollout.max_prompt_tokens": 2048, "train.steps": 1, "train.eval_every": 1, "train.eval_tasks": 2,
             "train.prompt_buckets": "(512,1024,2048)", "ppo.mini_batch_size": 8, "ppo.micro_batch_size": 4,
             "train.score_micro_batch": 4, "checkpoint.async_save": False}
+
+
+def run_piece(variant: str, seed: int) -> str:
+  return os.path.join("runs", f"{variant}_s{seed}")
 
 
 def overrides_to_flags(overrides: dict) -> list[str]:
@@ -78,10 +91,14 @@ def _stop_gracefully(signum, frame) -> None:
     _CHILD["process"].send_signal(signal.SIGTERM)
 
 
-def run_module(module: str, config: str, workdir: str, overrides: dict, extra: list[str] = ()) -> float:
-  """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt."""
+def run_module(module: str, config: str, workdir: str, overrides: dict, extra: list[str] = (),
+               until: datetime.datetime | None = None, minutes: float = 0.0) -> float:
+  """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt. With `until`,
+  a piece estimated to take `minutes` is not started when it would end after that time."""
   if _CHILD["stop_requested"]:  # the stop came between two pieces: start nothing
     raise SystemExit(f"stopped on request before {workdir} started")
+  if until is not None and datetime.datetime.now() + datetime.timedelta(minutes=minutes) > until:
+    raise SystemExit(f"stopped: {workdir} (~{minutes:g} min) would not finish by --until={until.isoformat()}")
   os.makedirs(workdir, exist_ok=True)
   cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *overrides_to_flags(overrides),
          *extra]
@@ -114,6 +131,17 @@ class Study:
     self.short = args.short
     self.data = {"env.data_dir": args.data_dir, "env.train_split": args.train_split}
     self.sft_phases = (SHORT_SFT["train.steps"],) if args.short else SFT_PHASES
+    self.store = args.store
+    for piece in study_store.restore(self.store, self.root):
+      print(f"restored {piece} from {self.store}", flush=True)
+
+  def run(self, module: str, config: str, piece: str, overrides: dict, extra: list[str] = (),
+          minutes: float = 0.0) -> float:
+    """One piece of the study in ROOT/piece (see run_module)."""
+    return run_module(module, config, os.path.join(self.root, piece), overrides, extra, self.args.until, minutes)
+
+  def record(self, piece: str) -> None:
+    study_store.record(self.root, self.store, piece)
 
   # --- paths -------------------------------------------------------------------------------------------------
   @property
@@ -121,7 +149,7 @@ class Study:
     return os.path.join(self.root, "sft", "policy")
 
   def run_dir(self, variant: str, seed: int) -> str:
-    return os.path.join(self.root, "runs", f"{variant}_s{seed}")
+    return os.path.join(self.root, run_piece(variant, seed))
 
   def tune_dir(self, name: str) -> str:
     return os.path.join(self.root, "tune", name)
@@ -138,8 +166,9 @@ class Study:
       overrides = {"data.data_dir": self.args.data_dir, "data.split": self.args.sft_split,
                    "data.cache": os.path.join(self.root, "sft", "expert_steps.jsonl"),
                    **(SHORT_SFT if self.short else {}), "train.steps": steps}
-      seconds = run_module("opid_jax.sft", SFT_CONFIG, os.path.join(self.root, "sft"), overrides)
+      seconds = self.run("opid_jax.sft", SFT_CONFIG, "sft", overrides)
       print(f"sft to step {steps}: {seconds:.0f} s", flush=True)
+    self.record("sft")
 
   def rl_overrides(self, seed: int, lr: float, lam: float) -> dict:
     return {**self.data, "model.path": self.policy, "train.seed": seed,
@@ -152,8 +181,10 @@ class Study:
       overrides = {**self.rl_overrides(0, lr, lam), **VARIANTS[variant], "opid.lambda_skill": lam,
                    "env.eval_split": "valid_train", "train.steps": self.args.tune_steps,
                    "train.eval_every": self.args.tune_steps, "train.eval_tasks": self.args.tune_eval_tasks}
-      seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
+      seconds = self.run("opid_jax.train", RL_CONFIG, os.path.join("tune", name), overrides,
+                         minutes=self.args.run_minutes * self.args.tune_steps / RL_ITERATIONS)
       require_finished(workdir)
+      self.record(os.path.join("tune", name))
       print(f"tune {name}: {seconds:.0f} s", flush=True)
     return name
 
@@ -202,6 +233,7 @@ class Study:
       done = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True)
       if done.returncode != 0:
         raise SystemExit(f"error: probe_skills failed on {name}: {done.stderr.strip().splitlines()[-1:]}")
+      self.record(os.path.basename(out))
       print(done.stdout, flush=True)
 
   def initial(self) -> None:
@@ -210,9 +242,11 @@ class Study:
       return
     overrides = {**self.data, "model.path": self.policy, **(SHORT_RL if self.short else {})}
     num_tasks = SHORT_RL["train.eval_tasks"] if self.short else 0
-    seconds = run_module("opid_jax.evaluate", RL_CONFIG, workdir, overrides, [f"--num_tasks={num_tasks}"])
+    seconds = self.run("opid_jax.evaluate", RL_CONFIG, "initial", overrides, [f"--num_tasks={num_tasks}"],
+                       minutes=self.args.run_minutes / 2)
     name = "eval_" + "+".join(SPLITS)
     os.replace(os.path.join(workdir, name + ".json"), os.path.join(workdir, "eval.json"))
+    self.record("initial")
     print(f"initial evaluation: {seconds:.0f} s", flush=True)
 
   def runs(self) -> None:
@@ -223,8 +257,10 @@ class Study:
         if os.path.exists(os.path.join(workdir, "summary.md")):
           continue
         overrides = {**self.rl_overrides(seed, lr, lam), **VARIANTS[variant]}
-        seconds = run_module("opid_jax.train", RL_CONFIG, workdir, overrides)
+        seconds = self.run("opid_jax.train", RL_CONFIG, run_piece(variant, seed), overrides,
+                           minutes=self.args.run_minutes)
         require_finished(workdir)
+        self.record(run_piece(variant, seed))
         print(f"run {variant} seed {seed}: {seconds:.0f} s", flush=True)
 
   def report(self) -> str:
@@ -246,6 +282,13 @@ def parse_args(argv=None):
   p.add_argument("--tune_steps", type=int, default=6)
   p.add_argument("--tune_eval_tasks", type=int, default=50)
   p.add_argument("--report", default="results/cpu_study.md")
+  p.add_argument("--store", default=None,
+                 help="folder of the finished pieces' records, restored into ROOT first (default results/cpu_study; "
+                      "none with --short); '' for none")
+  p.add_argument("--until", default="", help="local ISO time (2026-12-01T22:00): start no piece that would end later")
+  p.add_argument("--run_minutes", type=float, default=35.0,
+                 help="estimated minutes of one RL run with its evaluation (tuning runs and the initial "
+                      "evaluation are estimated from it)")
   p.add_argument("--short", action="store_true", help="a few-minute version: tiny policy, one iteration (CI)")
   args = p.parse_args(argv)
   args.variants = [v for v in args.variants.split(",") if v]
@@ -253,6 +296,13 @@ def parse_args(argv=None):
   if unknown:
     p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
   args.seeds = [int(s) for s in args.seeds.split(",") if s]
+  if args.store is None:
+    args.store = "" if args.short else "results/cpu_study"
+  args.store = os.path.abspath(args.store) if args.store else ""
+  try:
+    args.until = datetime.datetime.fromisoformat(args.until) if args.until else None
+  except ValueError:
+    p.error(f"--until={args.until!r} is not an ISO time like 2026-12-01T22:00")
   args.data_dir = os.path.abspath(args.data_dir)
   if not os.path.isdir(args.data_dir):
     p.error(f"ALFWorld data not found at {args.data_dir} (run `make data`)")

@@ -3,7 +3,9 @@ OPID) for one seed on real games, and the report with its tables and curves."""
 
 from __future__ import annotations
 
+import datetime
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_short_study_writes_a_report(alfworld_games, tmp_path):
   root = tmp_path / "study"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+  store = tmp_path / "store"
   cmd = [sys.executable, "benchmarks/cpu_study.py", "--short", f"--root={root}", f"--data_dir={alfworld_games}",
-         "--sft_split=valid_seen", "--train_split=valid_unseen", "--variants=grpo,opid", "--seeds=0"]
+         "--sft_split=valid_seen", "--train_split=valid_unseen", "--variants=grpo,opid", "--seeds=0",
+         f"--store={store}"]
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   report = (root / "cpu_study.md").read_text()
@@ -33,8 +37,25 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
   # Everything is finished, so a second invocation only rewrites the report (now naming the runs' commit).
   (root / "code_commit.txt").write_text("abc1234\nPinned for the study.\n")
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0 and "run grpo seed 0" not in again.stdout and "sft:" not in again.stdout
+  assert again.returncode == 0 and "run grpo seed 0" not in again.stdout and "sft to step" not in again.stdout
   assert "Code: the runs ran from commit `abc1234`. Pinned for the study." in (root / "cpu_study.md").read_text()
+  # Every finished piece is in the store, without checkpoints or the SFT replay cache.
+  stored = {str(p.relative_to(store)) for p in store.rglob("*")}
+  assert {"sft/policy/model.safetensors", "sft/sft_summary.json", "initial/eval.json", "probe_policy.json",
+          "runs/grpo_s0/summary.md", "runs/opid_s0/metrics.jsonl"} <= stored, sorted(stored)
+  assert not any(p.endswith(("checkpoints", "expert_steps.jsonl", ".partial", "trajectories")) for p in stored)
+  # The machine loses ROOT: the next invocation restores the store and runs nothing again; same tables.
+  table = [line for line in report.splitlines() if line.startswith(("| grpo |", "| opid |"))]
+  (store / "notes.md").write_text("An earlier attempt was lost.\n")
+  shutil.rmtree(root)
+  third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+  assert "restored runs/grpo_s0" in third.stdout and "restored sft" in third.stdout
+  assert "run grpo seed 0" not in third.stdout and "sft to step" not in third.stdout
+  assert not (root / "runs" / "grpo_s0" / "checkpoints").exists()
+  rewritten = (root / "cpu_study.md").read_text()
+  assert table == [line for line in rewritten.splitlines() if line.startswith(("| grpo |", "| opid |"))]
+  assert "An earlier attempt was lost." in rewritten
 
 
 @pytest.mark.slow
@@ -80,3 +101,16 @@ def test_a_stop_between_pieces_starts_nothing_and_an_unfinished_run_is_not_taken
     cpu_study.require_finished(str(tmp_path / "stopped"))
   (tmp_path / "stopped" / "summary.md").write_text("| metric |\n")
   cpu_study.require_finished(str(tmp_path / "stopped"))
+
+
+def test_a_piece_that_would_not_finish_by_until_is_not_started(tmp_path, capsys):
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import cpu_study
+  soon = datetime.datetime.now() + datetime.timedelta(minutes=10)
+  with pytest.raises(SystemExit, match=r"\(~35 min\) would not finish by --until="):
+    cpu_study.run_module("opid_jax.train", "configs/smoke.py", str(tmp_path / "late"), {}, until=soon, minutes=35)
+  assert not (tmp_path / "late").exists()
+  with pytest.raises(SystemExit):
+    cpu_study.parse_args(["--until=tonight", f"--data_dir={tmp_path}"])
+  assert "--until='tonight' is not an ISO time" in capsys.readouterr().err
+  assert cpu_study.parse_args([f"--until={soon.isoformat()}", f"--data_dir={tmp_path}"]).until == soon
