@@ -14,17 +14,15 @@ import filecmp
 import os
 import shutil
 
-# Orbax state (large; a finished piece never resumes) and per-iteration trajectory dumps (~3 MB a run; the report
-# reads none of them).
-SKIPPED_DIRS = ("checkpoints", "trajectories")
+# Orbax state (large; a finished piece never resumes), per-iteration trajectory dumps (~3 MB a run) and TensorBoard
+# copies of metrics.jsonl: the report reads none of them.
+SKIPPED_DIRS = ("checkpoints", "trajectories", "tb")
 SKIPPED_FILES = ("expert_steps.jsonl", "curves.png")  # the SFT replay cache; a run's plot of its metrics.jsonl
-SKIPPED_PREFIXES = ("events.out.tfevents",)  # TensorBoard copies of metrics.jsonl
 DONE_MARKERS = ("summary.md", "eval.json", "sft_summary.json")  # the file a finished folder piece always has
 
 
 def _ignore(directory: str, names: list[str]) -> set[str]:
-  return {n for n in names if (n in SKIPPED_DIRS and os.path.isdir(os.path.join(directory, n)))
-          or n in SKIPPED_FILES or n.startswith(SKIPPED_PREFIXES)}
+  return {n for n in names if (n in SKIPPED_DIRS and os.path.isdir(os.path.join(directory, n))) or n in SKIPPED_FILES}
 
 
 def _copy(src: str, dst: str) -> None:

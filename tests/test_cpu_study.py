@@ -43,7 +43,7 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
   stored = {str(p.relative_to(store)) for p in store.rglob("*")}
   assert {"sft/policy/model.safetensors", "sft/sft_summary.json", "initial/eval.json", "probe_policy.json",
           "runs/grpo_s0/summary.md", "runs/opid_s0/metrics.jsonl"} <= stored, sorted(stored)
-  assert not any(p.endswith(("checkpoints", "expert_steps.jsonl", ".partial", "trajectories")) for p in stored)
+  assert not any(p.endswith(("checkpoints", "expert_steps.jsonl", ".partial", "trajectories", "tb")) for p in stored)
   # The machine loses ROOT: the next invocation restores the store and runs nothing again; same tables.
   table = [line for line in report.splitlines() if line.startswith(("| grpo |", "| opid |"))]
   (store / "notes.md").write_text("An earlier attempt was lost.\n")

@@ -23,7 +23,7 @@ def _finished_run(root, name="runs/opid_s0", summary="| success | 0.5 |"):
   _write(run / "metrics.jsonl", '{"step": 1}\n')
   _write(run / "eval" / "iter_000016.json", "{}")
   _write(run / "checkpoints" / "16" / "state", "big")
-  _write(run / "events.out.tfevents.123.host", "tb")
+  _write(run / "tb" / "events.out.tfevents.123.host", "tb")
   _write(run / "trajectories" / "iter_000001.jsonl", "{}")
   _write(run / "curves.png", "png")
   return run
