@@ -111,6 +111,8 @@ def success_table(runs: dict) -> list[str]:
 
 
 def task_type_table(runs: dict) -> list[str]:
+  if not runs:
+    return ["(no finished run yet)"]
   types = sorted({t for seeds in runs.values() for s in seeds.values() for t in s["final_table"]
                   if t != "all" and not t.startswith("split:")})
   lines = ["| variant | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
@@ -330,9 +332,10 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
       "## Success after training (greedy, no skills; mean ± std over seeds, %)", "",
       *success_table(runs),
       "",
-      f"Initial (SFT) policy, same evaluation: valid_seen "
-      f"{100 * initial_table.get('split:valid_seen', {}).get('success', float('nan')):.1f}%, valid_unseen "
-      f"{100 * initial_table.get('split:valid_unseen', {}).get('success', float('nan')):.1f}%.",
+      (f"Initial (SFT) policy, same evaluation: valid_seen "
+       f"{100 * initial_table.get('split:valid_seen', {}).get('success', float('nan')):.1f}%, valid_unseen "
+       f"{100 * initial_table.get('split:valid_unseen', {}).get('success', float('nan')):.1f}%." if initial_table
+       else "Initial (SFT) policy: not evaluated yet."),
       "",
       "## Success per task type (both splits, final evaluation, %)", "",
       *task_type_table(runs),
