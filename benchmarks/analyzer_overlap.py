@@ -46,7 +46,7 @@ def main():
   from opid_jax.rl import opid_samples
   from opid_jax.rl.scoring import Scorer
   from opid_jax.skills.backends import make_backend
-  from opid_jax.trainer import make_policy
+  from opid_jax.generation.policy import make_policy
 
   model_dir = tempfile.mkdtemp()
   save_tiny_tokenizer(model_dir)

@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT_DIR)
 
 import study_store  # noqa: E402
 from configs import alfworld_small  # noqa: E402
-from opid_jax import plot  # noqa: E402
+from opid_jax.training import curves  # noqa: E402
 
 VARIANTS = {  # name -> config overrides on top of the tuned settings
     "grpo": {"opid.lambda_skill": 0.0},
@@ -191,7 +191,7 @@ class Study:
   def _tune_score(self, name: str) -> float:
     if not os.path.exists(os.path.join(self.tune_dir(name), "summary.md")):
       return float("-inf")
-    evals = [r["eval/success"] for r in plot.read_run(self.tune_dir(name)) if "eval/success" in r]
+    evals = [r["eval/success"] for r in curves.read_run(self.tune_dir(name)) if "eval/success" in r]
     return evals[-1] if evals else float("-inf")
 
   def tune(self) -> None:

@@ -46,7 +46,7 @@ def main():
   import transformers
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
   from configs import smoke
-  from opid_jax import trainer
+  from opid_jax.training import rl_trainer
   from opid_jax.model.config import ModelConfig
 
   tmp = tempfile.mkdtemp()
@@ -59,7 +59,7 @@ def main():
   c.ppo.update(mini_batch_size=64, micro_batch_size=8)
   c.train.update(steps=args.iterations, score_micro_batch=8, response_buckets=(32,))
   c.checkpoint.update(save_every=1)  # a row's time/checkpoint is the previous iteration's save
-  trainer.train(c, os.path.join(tmp, "run"))
+  rl_trainer.train(c, os.path.join(tmp, "run"))
   with open(os.path.join(tmp, "run", "metrics.jsonl")) as f:
     last = [json.loads(line) for line in f][-1]
   cfg = ModelConfig.from_hf_dict(json.load(open(os.path.join(model_dir, "config.json"))))

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from opid_jax import plot
+from opid_jax.training import curves
 
 # ALFWorld, Qwen2.5-3B (the paper): the order the ablations should follow if the claim transfers.
 PAPER = {"opid": 84.3, "episode_only": 79.1, "superimpose": 77.5, "grpo": 75.0, "step_only": 74.1}
@@ -45,7 +45,7 @@ def _initial(study) -> tuple[dict, dict]:
 
 
 def _eval_rows(run_dir: str, initial: dict) -> list[dict]:
-  rows = [r for r in plot.read_run(run_dir) if "eval/success" in r]
+  rows = [r for r in curves.read_run(run_dir) if "eval/success" in r]
   return ([{"step": 0, **initial}] if initial else []) + rows
 
 
@@ -58,7 +58,7 @@ def collect(study) -> dict:
       run_dir = study.run_dir(variant, seed)
       if not os.path.exists(os.path.join(run_dir, "summary.md")):
         continue  # unfinished runs are left out of the report (and listed as missing)
-      rows = plot.read_run(run_dir)
+      rows = curves.read_run(run_dir)
       evals = _eval_rows(run_dir, initial)
       last = evals[-1]["step"]
       table_path = os.path.join(run_dir, "eval", f"iter_{last:06d}.json")
@@ -150,7 +150,7 @@ def steps_to_grpo(runs: dict, window: int = 3) -> list[str]:
     steps, mean, _ = _curve(seeds, "eval/success")
     hit = first_reaching(steps, mean, target)
     train_steps, train, _ = _train_curve(seeds, "success")
-    train_hit = first_reaching(train_steps, plot.moving_average(list(train), window), train_target)
+    train_hit = first_reaching(train_steps, curves.moving_average(list(train), window), train_target)
     lines.append(f"| {variant} | {hit if hit is not None else 'not reached'} | "
                  f"{train_hit if train_hit is not None else 'not reached'} |")
   return lines
@@ -213,9 +213,9 @@ def sft_table(study, phases=()) -> list[str]:
   path = os.path.join(study.root, "sft", "metrics.jsonl")
   if not os.path.exists(path):
     return ["(SFT not run)"]
-  rows = [r for r in plot.read_run(os.path.join(study.root, "sft")) if "heldout/nll_none" in r]
+  rows = [r for r in curves.read_run(os.path.join(study.root, "sft")) if "heldout/nll_none" in r]
   seconds = sum(r.get("time/step", sum(v for k, v in r.items() if k.startswith("time/"))) for r in
-                plot.read_run(os.path.join(study.root, "sft")))
+                curves.read_run(os.path.join(study.root, "sft")))
   lines = ["| SFT step | held-out NLL, no skill | + episode skill | + step skill | train NLL |", "|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['step']} | {r['heldout/nll_none']:.3f} | {r['heldout/nll_episode']:.3f} | "
@@ -305,13 +305,13 @@ def write_report(study, lr: float, lam: float, tune_scores: dict) -> str:
   curve_png = stem + "_eval.png"
   train_png = stem + "_train.png"
   if runs:
-    plot.plot_mean_curves(panels, curve_png)
+    curves.plot_mean_curves(panels, curve_png)
     train_panels = {"training success (rollouts, with sampling)": {}, "training episode length": {}}
     for v, seeds in runs.items():
       for key, title in (("success", "training success (rollouts, with sampling)"),
                          ("episode_length", "training episode length")):
         train_panels[title][v] = _train_curve(seeds, key)
-    plot.plot_mean_curves(train_panels, train_png)
+    curves.plot_mean_curves(train_panels, train_png)
   times, total_seconds = time_table(runs)
   sft = os.path.join(study.root, "sft", "sft_summary.json")
   sft_info = json.load(open(sft)) if os.path.exists(sft) else {}

@@ -44,9 +44,9 @@ def _policy_action(rng: random.Random, admissible: list[str], query: str, step: 
 
 def measure(n: int, data_dir: str, episodes: int, seed: int) -> dict:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from opid_jax.envs import webshop_catalogue
-  from opid_jax.envs.webshop import WebShopEnv, candidate_queries
-  from opid_jax.envs.webshop_world import load_world
+  from opid_jax.envs.webshop import catalogue as webshop_catalogue
+  from opid_jax.envs.webshop.env import WebShopEnv, candidate_queries
+  from opid_jax.envs.webshop.world import load_world
 
   report = {'products': n}
   t0 = time.perf_counter()

@@ -110,7 +110,6 @@ def get_config():
       eval_envs=0,  # envs played at once during evaluation (0: the training pool's; more: bigger generation batches)
       eval_at_start=False,  # evaluate the initial policy before the first iteration (logged at step 0)
       eval_at_end=False,  # evaluate after the last iteration
-      log_every=1,
       score_micro_batch=8,
       bucket_micro_batches=True,  # pad each update micro-batch to its own length bucket (False: one shape per step)
       prompt_buckets=(256, 512, 1024, 2048),

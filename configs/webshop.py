@@ -1,7 +1,7 @@
 """WebShop with the paper's settings: 16 goals x 8 rollouts, 15 steps, history 2, reward 10 on a perfect buy.
 
 env.data_dir holds WebShop's items_shuffle / items_ins_v2 files (or a catalogue from
-`python -m opid_jax.envs.webshop_catalogue --out=DIR`).
+`python -m opid_jax.envs.webshop.catalogue --out=DIR`).
 """
 
 from configs import base

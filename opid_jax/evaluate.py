@@ -29,13 +29,14 @@ def main(argv):
   del argv
   config = required_config(_CONFIG, "configs/alfworld.py")
   quiet_libraries()
-  from opid_jax import config_validation, evaluation, trainer
-  config_validation.validate(config)
+  from opid_jax.evaluation import standalone, tables as eval_tables
+  from opid_jax.training import config_checks
+  config_checks.validate(config)
   if FLAGS.split:
     with config.unlocked():
       config.env.eval_split = FLAGS.split
-  table, path = trainer.evaluate_run(config, FLAGS.workdir, num_tasks=FLAGS.num_tasks)
-  print(evaluation.markdown_table(table))
+  table, path = standalone.evaluate_run(config, FLAGS.workdir, num_tasks=FLAGS.num_tasks)
+  print(eval_tables.markdown_table(table))
   print(f"wrote {path}.json and {path}.md", file=sys.stderr)
 
 

@@ -20,8 +20,8 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
 flags.DEFINE_integer("top_k", 0, "Top-k filter (0: off).")
 flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype (float32 or bfloat16).")
-flags.DEFINE_integer("max_prompt_tokens", 8192, "Longest prompt accepted.")
-flags.DEFINE_bool("truncate_left", False, "Keep the last max_prompt_tokens tokens of a longer prompt.")
+flags.DEFINE_integer("max_prompt_tokens", 8192, "Longest prompt accepted (longer ones are refused).")
+flags.DEFINE_bool("truncate_left", False, "Keep the last max_prompt_tokens tokens of a longer prompt instead.")
 FLAGS = flags.FLAGS
 
 
@@ -29,10 +29,13 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   from opid_jax.generation.sampler import Sampler, SamplingParams
-  from opid_jax.model import loading, padding, tokenizer
+  from opid_jax.model import loading, tokenizer
+  from opid_jax.batching import padding, prompt_length
 
   loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
-  ids = tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat)
+  side = "left" if FLAGS.truncate_left else "error"
+  ids = prompt_length.fit(tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens,
+                        side, prompt_length.CLI)
   sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, batch_buckets=(1,),
                     prompt_buckets=padding.buckets_up_to(FLAGS.max_prompt_tokens),
                     truncate_left=FLAGS.truncate_left)

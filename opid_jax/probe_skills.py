@@ -9,7 +9,7 @@ json_2.1.1/, or json_2.1.1/ itself). At each step it scores the expert response 
 the step skill, that the `expert` analyzer writes, and prints per skill kind the mean shift of each summed
 log-prob (with skill minus without) and their difference, the margin gain. A model that reads skills shows a
 clearly positive margin gain; one near zero means the skill text barely moves it. --json writes the same numbers
-and every step's record. See `opid_jax.skill_probe` for the computation.
+and every step's record. See `opid_jax.skills.probe` for the computation.
 """
 
 import functools
@@ -55,7 +55,7 @@ def _task_ids(data_dir: str, split: str, n: int) -> list[str]:
 
 def _replay(data_dir: str, task_ids: list[str]):
   from opid_jax.envs import alfworld
-  from opid_jax.envs.expert_replay import replay_walkthroughs
+  from opid_jax.sft.expert_replay import replay_walkthroughs
   from opid_jax.envs.pool import EnvPool
   factory = functools.partial(alfworld.AlfworldEnv, data_dir=data_dir, max_steps=60)
   with EnvPool(factory, num_envs=min(FLAGS.num_envs, len(task_ids)), num_workers=FLAGS.num_workers) as pool:
@@ -80,7 +80,7 @@ def main(argv):
   del argv
   quiet_libraries()
   _check_flags()
-  from opid_jax import skill_probe
+  from opid_jax.skills import probe as skill_probe
   from opid_jax.model import loading
 
   task_ids = _task_ids(FLAGS.games, FLAGS.split, FLAGS.n)

@@ -18,19 +18,22 @@ flags.DEFINE_string("response", None, "Response text to score.", required=True)
 flags.DEFINE_bool("chat", False, "Wrap the prompt as one user message with the chat template.")
 flags.DEFINE_float("temperature", 1.0, "Divide logits by this before the log-softmax.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype (float32 or bfloat16).")
-flags.DEFINE_integer("max_prompt_tokens", 8192, "Longest prompt accepted.")
-flags.DEFINE_bool("truncate_left", False, "Keep the last max_prompt_tokens tokens of a longer prompt.")
+flags.DEFINE_integer("max_prompt_tokens", 8192, "Longest prompt accepted (longer ones are refused).")
+flags.DEFINE_bool("truncate_left", False, "Keep the last max_prompt_tokens tokens of a longer prompt instead.")
 FLAGS = flags.FLAGS
 
 
 @exit_on_user_error
 def main(argv):
   del argv
-  from opid_jax.model import loading, padding, tokenizer
+  from opid_jax.model import loading, tokenizer
+  from opid_jax.batching import padding, prompt_length
   from opid_jax.rl.scoring import Scorer
 
   loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
-  prompt = tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat)
+  side = "left" if FLAGS.truncate_left else "error"
+  prompt = prompt_length.fit(tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens,
+                           side, prompt_length.CLI)
   response = tokenizer.encode(loaded.tokenizer, FLAGS.response)
   if not response:
     raise UserError("the response is empty after tokenization")

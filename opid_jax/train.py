@@ -29,12 +29,13 @@ def main(argv):
   config = required_config(_CONFIG, "configs/alfworld.py")
   from opid_jax.parallel import distributed  # before anything starts a JAX backend
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  from opid_jax import config_validation, trainer
-  config_validation.validate(config)
+  from opid_jax.checkpoint import run_files
+  from opid_jax.training import config_checks, rl_trainer
+  config_checks.validate(config)
   quiet_libraries()
   if distributed.is_lead():
-    trainer.write_config(config, FLAGS.workdir)
-  trainer.train(config, FLAGS.workdir)
+    run_files.write_config(config, FLAGS.workdir)
+  rl_trainer.train(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 import tarfile
 
 import pytest
 
-from shared_data import ALFWORLD_ARCHIVE_DEFAULT
+from shared_data import ALFWORLD_ARCHIVE_DEFAULT, ROOT
 
 ALFWORLD_ARCHIVE = os.environ.get("ALFWORLD_ARCHIVE") or ALFWORLD_ARCHIVE_DEFAULT
 ALFWORLD_TEST_SPLITS = ("valid_seen", "valid_unseen")
@@ -49,3 +50,26 @@ def chatml_tokenizer():
                                                    pad_token="<|endoftext|>")
   tokenizer.chat_template = CHATML_TEMPLATE
   return tokenizer
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> str:
+  """A tiny random Qwen3 policy (HF folder with the tiny tokenizer): the model of the smoke-config runs."""
+  from hf_fixtures import make_hf_model, save_tiny_tokenizer
+  out = str(tmp_path_factory.mktemp("tiny_policy"))
+  save_tiny_tokenizer(out)
+  make_hf_model("qwen3", out, seed=0)
+  return out
+
+
+@pytest.fixture(scope="session")
+def train_cmd(model_dir):
+  """`train_cmd(workdir, *overrides)`: the argv of `python -m opid_jax.train` on configs/smoke.py with the tiny
+  policy (run it with cwd=ROOT)."""
+
+  def command(workdir, *overrides) -> list[str]:
+    return [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
+            f"--config.model.path={model_dir}", *(str(o) for o in overrides)]
+
+  assert os.path.isdir(os.path.join(ROOT, "configs"))
+  return command

@@ -23,7 +23,7 @@ from opid_jax.rl import batch as batch_lib
 from opid_jax.rl import opid_samples, update
 from opid_jax.rl.scoring import Scorer
 from opid_jax.skills.backends import make_backend
-from opid_jax.trainer import make_policy
+from opid_jax.generation.policy import make_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = json.dumps({"episode_summary": "counted", "episode_skill": "say the next number each step",

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from opid_jax.checkpoint import Checkpointer, PreemptionGuard
+from opid_jax.checkpoint.checkpointer import Checkpointer, PreemptionGuard
 from opid_jax.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_sharded_state_restores_onto_the_same_shardings(tmp_path):
       import jax, jax.numpy as jnp, numpy as np
       import orbax.checkpoint as ocp
       from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-      from opid_jax.checkpoint import Checkpointer
+      from opid_jax.checkpoint.checkpointer import Checkpointer
 
       assert jax.device_count() == 8, jax.devices()
       mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "fsdp"))
@@ -155,7 +155,7 @@ def test_save_killed_mid_write_is_ignored(tmp_path):
   result = _run_python("""
       import os, signal, sys, time
       import jax.numpy as jnp
-      from opid_jax.checkpoint import Checkpointer
+      from opid_jax.checkpoint.checkpointer import Checkpointer
 
       ckpt = Checkpointer(sys.argv[1], save_every=1, async_save=True)
       ckpt.save(1, {"w": jnp.full((4,), 1.0)}, {"step": 1})
@@ -221,7 +221,7 @@ def test_second_sigint_interrupts_at_once():
 
 def test_relative_directory_works(tmp_path, monkeypatch):
   import jax.numpy as jnp
-  from opid_jax.checkpoint import Checkpointer
+  from opid_jax.checkpoint.checkpointer import Checkpointer
   monkeypatch.chdir(tmp_path)
   ckpt = Checkpointer("runs/x/checkpoints", keep=2, save_every=1, async_save=False)
   state = {"w": jnp.arange(4.0)}

@@ -86,13 +86,7 @@ def test_unsupported_model_type(tmp_path):
   _assert_one_line_error(res, "unsupported model_type 'gpt2'")
 
 
-def test_prompt_longer_than_the_largest_bucket(model_dir):
-  long_prompt = "go to cabinet 1 " * 40
-  res = run_tool("opid_jax.generate", f"--model={model_dir}", f"--prompt={long_prompt}", "--max_prompt_tokens=16")
-  _assert_one_line_error(res, "exceeds the largest bucket (16)")
-  res = run_tool("opid_jax.generate", f"--model={model_dir}", f"--prompt={long_prompt}", "--max_prompt_tokens=16",
-                 "--truncate_left", "--max_new_tokens=2", "--greedy")
-  assert res.returncode == 0, res.stderr
+# An over-long prompt (refused, or cut with --truncate_left): tests/test_prompt_length.py.
 
 
 def test_hub_id_offline_is_one_line():

@@ -12,7 +12,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hf_fixtures import make_hf_model, save_tiny_tokenizer
 from opid_jax.errors import UserError
 from opid_jax.parallel import distributed
 
@@ -59,17 +58,8 @@ def test_one_process_helpers_are_plain_calls():
   assert distributed.any_process(False) is False
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("tiny_policy"))
-  save_tiny_tokenizer(out)
-  make_hf_model("qwen3", out, seed=0)
-  return out
-
-
-def train_cmd(model_dir, workdir, *extra):
-  return [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-          f"--config.model.path={model_dir}", "--config.train.steps=1", *extra]
+def one_iteration(train_cmd, workdir, *extra):
+  return train_cmd(workdir, "--config.train.steps=1", *extra)
 
 
 def read_metrics(workdir):
@@ -88,17 +78,17 @@ def final_params(workdir, step):
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one(model_dir, tmp_path):
+def test_two_processes_train_like_one(train_cmd, tmp_path):
   """Each process plays one of the two task groups on its own CPU device; the mesh spans both processes."""
   single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
   address = f"127.0.0.1:{free_port()}"
-  procs = [subprocess.Popen(train_cmd(model_dir, multi, f"--coordinator_address={address}", "--num_processes=2",
+  procs = [subprocess.Popen(one_iteration(train_cmd, multi, f"--coordinator_address={address}", "--num_processes=2",
                                       f"--process_id={i}"),
                             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   # The reference: one process holding both devices, so the mesh (data=2) and every XLA program are the same;
   # the only difference left is who runs which envs and how data crosses process boundaries.
-  procs.append(subprocess.Popen(train_cmd(model_dir, single), cwd=ROOT, env=dict(ENV, JAX_NUM_CPU_DEVICES="2"),
+  procs.append(subprocess.Popen(one_iteration(train_cmd, single), cwd=ROOT, env=dict(ENV, JAX_NUM_CPU_DEVICES="2"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):

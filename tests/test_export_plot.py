@@ -12,8 +12,7 @@ import transformers
 from flax import nnx
 
 from hf_fixtures import hf_logits, make_hf_model, random_prompt, save_tiny_tokenizer
-from opid_jax import trainer
-from opid_jax.exporting import load_run_config
+from opid_jax.checkpoint import run_files
 from opid_jax.model import decoder, loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +42,7 @@ def test_export_gives_transformers_the_trained_weights(trained_run, tmp_path):
   assert "exported iteration 2" in res.stdout
   ours = loading.load(model_dir)
   _, params = nnx.split(ours.model)
-  restored, _ = trainer.restore_latest_params(load_run_config(workdir), workdir, params)
+  restored, _ = run_files.restore_latest_params(workdir, params)
   nnx.update(ours.model, restored)
   ids = random_prompt(100, 512, seed=1)
   tokens = np.array([ids])

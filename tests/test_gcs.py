@@ -11,19 +11,10 @@ import numpy as np
 import pytest
 
 from gcs_emulator import GcsEmulator
-from hf_fixtures import make_hf_model, save_tiny_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "opid-test"
 IGNORED = ("time/", "analyzer/seconds")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("tiny_policy"))
-  save_tiny_tokenizer(out)
-  make_hf_model("qwen3", out, seed=0)
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +33,8 @@ def run_env(emulator, tmp_path_factory):
   return env
 
 
-def run_train(env, model_dir, workdir, steps):
-  cmd = [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-         f"--config.model.path={model_dir}", f"--config.train.steps={steps}"]
-  res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+def run_train(env, train_cmd, workdir, steps):
+  res = subprocess.run(train_cmd(workdir, f"--config.train.steps={steps}"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert res.returncode == 0, res.stderr[-3000:]
   return res
 
@@ -70,11 +59,11 @@ def params_of(env, checkpoint_dir):
 
 
 @pytest.mark.slow
-def test_gcs_workdir_saves_restores_and_resumes_exactly(emulator, run_env, model_dir, tmp_path):
+def test_gcs_workdir_saves_restores_and_resumes_exactly(emulator, run_env, train_cmd, tmp_path):
   local = str(tmp_path / "local")
   remote = f"gs://{BUCKET}/run"
-  run_train(run_env, model_dir, local, steps=4)
-  run_train(run_env, model_dir, remote, steps=2)
+  run_train(run_env, train_cmd, local, steps=4)
+  run_train(run_env, train_cmd, remote, steps=2)
   names = emulator.list_objects(BUCKET, "run/")
   assert "run/config.json" in names and "run/metrics.jsonl" in names
   assert any(n.startswith("run/checkpoints/2/state/") for n in names), names[:20]
@@ -82,7 +71,7 @@ def test_gcs_workdir_saves_restores_and_resumes_exactly(emulator, run_env, model
   assert json.loads(emulator.read_object(BUCKET, "run/config.json"))["train"]["steps"] == 2
   assert [r["step"] for r in metrics_rows(emulator.read_object(BUCKET, "run/metrics.jsonl").decode())] == [1, 2]
 
-  res = run_train(run_env, model_dir, remote, steps=4)  # restarted with more steps: resumes from iteration 2
+  res = run_train(run_env, train_cmd, remote, steps=4)  # restarted with more steps: resumes from iteration 2
   assert "resumed from iteration 2" in res.stderr, res.stderr[-3000:]
 
   with open(os.path.join(local, "metrics.jsonl")) as f:

@@ -8,7 +8,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 
-from opid_jax.metrics import MetricsWriter, PhaseTimer, console_line
+from opid_jax.training.metrics import MetricsWriter, PhaseTimer, console_line
 
 
 def _read_lines(workdir) -> list[dict]:

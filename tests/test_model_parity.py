@@ -57,7 +57,7 @@ def test_logits_match_on_a_long_prompt(pair):
 def test_left_padded_batch_matches_each_row_alone(pair):
   _, ref, ours, _ = pair
   rows = [random_prompt(n, VOCAB, seed=n) for n in (300, 181, 64)]
-  from opid_jax.model.padding import pad_left
+  from opid_jax.batching.padding import pad_left
   ids, mask = pad_left(rows, 304, 3, pad_id=0)
   got = our_logits(ours, ids, mask)
   for i, row in enumerate(rows):

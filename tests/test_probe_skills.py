@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
-from opid_jax import skill_probe
+from opid_jax.skills import probe as skill_probe
 from opid_jax.agent.prompts import HistoryEntry, render_alfworld_prompt, to_chat_text, tokenize_prompt
 from opid_jax.envs import alfworld
-from opid_jax.envs.expert_replay import ExpertStep, replay_walkthroughs
+from opid_jax.sft.expert_replay import ExpertStep, replay_walkthroughs
 from opid_jax.envs.pool import EnvPool
 from opid_jax.skills.expert_backend import next_action_skill, workflow_skill
 from opid_jax.skills.routing import NO_SKILL, RoutedSkill, inject_skill

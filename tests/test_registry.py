@@ -4,7 +4,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import base
-from opid_jax.envs import registry, webshop_catalogue
+from opid_jax.agent import env_setup
+from opid_jax.envs.webshop import catalogue as webshop_catalogue
 from opid_jax.errors import UserError
 from shared_data import shared_path
 
@@ -16,7 +17,7 @@ def blocks(**env):
 
 
 def test_alfworld(alfworld_games):
-  setup = registry.build(*blocks(name="alfworld", data_dir=alfworld_games, train_split="valid_seen",
+  setup = env_setup.build(*blocks(name="alfworld", data_dir=alfworld_games, train_split="valid_seen",
                                  eval_split="valid_unseen"))
   assert len(setup.train_tasks) == 140 and len(setup.eval_tasks) == 134
   assert setup.agent.max_steps == 30 and setup.agent.history_length == 5
@@ -24,13 +25,13 @@ def test_alfworld(alfworld_games):
 
 def test_search_qa():
   nq = shared_path("search_qa", "qa", "nq_test.jsonl")
-  setup = registry.build(*blocks(name="search_qa", train_questions=nq, eval_questions=nq))
+  setup = env_setup.build(*blocks(name="search_qa", train_questions=nq, eval_questions=nq))
   assert len(setup.train_tasks) == 1000 and setup.eval_factory is not None
 
 
 def test_webshop(tmp_path):
   webshop_catalogue.write_catalogue(str(tmp_path), n=200, seed=1)
-  setup = registry.build(*blocks(name="webshop", data_dir=str(tmp_path)))
+  setup = env_setup.build(*blocks(name="webshop", data_dir=str(tmp_path)))
   assert setup.eval_tasks and setup.train_tasks and setup.eval_tasks[0] == "0"
   assert setup.factory().reset(setup.train_tasks[0]).admissible_actions
 
@@ -42,5 +43,5 @@ def test_webshop(tmp_path):
 ])
 def test_missing_data_is_one_line(env, needle):
   with pytest.raises(UserError, match=needle) as e:
-    registry.build(*blocks(**env))
+    env_setup.build(*blocks(**env))
   assert "\n" not in str(e.value)

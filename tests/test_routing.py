@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from opid_jax.agent import prompts as agent_prompts
+from opid_jax.agent import rollout
+from opid_jax.skills import routing
 from opid_jax.skills.records import SkillSet
 from opid_jax.skills.routing import (NO_SKILL, ROUTING_MODES, RoutedSkill, augmented_prompts,
                                      inject_skill, route_step, route_trajectory)
@@ -193,3 +196,92 @@ def test_augmented_prompts_for_a_trajectory():
                     "Now it's your turn.")
   assert augmented_prompts(prompts, None, "critical_first") == [None, None, None]
   assert all(p is not None for p in augmented_prompts(prompts, skills, "critical_first"))
+
+
+# ---------------------------------------------------------------- prompts the agent really renders
+
+def test_the_router_uses_the_agents_anchors():
+  assert routing.EPISODE_ANCHORS is agent_prompts.EPISODE_ANCHORS
+  assert agent_prompts.EPISODE_ANCHORS == (agent_prompts.TASK_ANCHOR, agent_prompts.QUESTION_ANCHOR)
+  assert routing.STEP_ANCHOR is agent_prompts.TURN_ANCHOR
+
+
+ALFWORLD_EPISODE = (
+    "heat some egg and put it in countertop.",
+    ["You are in the middle of a room. Looking quickly around you, you see a cabinet 2, a cabinet 1, a countertop 1, "
+     "a fridge 1, a microwave 1, and a sinkbasin 1.\n\nYour task is to: heat some egg and put it in countertop.",
+     "You arrive at fridge 1. The fridge 1 is closed.",
+     "You open the fridge 1. The fridge 1 is open. In it, you see a egg 1, and a lettuce 2."],
+    [["go to fridge 1", "go to microwave 1", "look"], ["open fridge 1", "look"], ["take egg 1 from fridge 1"]],
+    ["go to fridge 1", "open fridge 1", "take egg 1 from fridge 1"])
+WEBSHOP_EPISODE = (
+    "i need a red ceramic mug under 20 dollars",
+    ["WebShop [SEP] Instruction: [SEP] i need a red ceramic mug under 20 dollars [SEP] Search",
+     "Back to Search [SEP] Page 1 (Total results: 50) [SEP] Next > [SEP] B07RED0001 [SEP] Red Ceramic Mug, 12 oz "
+     "[SEP] $12.99 [SEP] B07BLU0002 [SEP] Blue Travel Mug [SEP] $18.50",
+     "Back to Search [SEP] < Prev [SEP] color [SEP] red [SEP] blue [SEP] Red Ceramic Mug, 12 oz [SEP] "
+     "Price: $12.99 [SEP] Buy Now"],
+    [["search[<your query>]"], ["click[b07red0001]", "click[next >]"], ["click[red]", "click[buy now]"]],
+    ["search[red ceramic mug]", "click[b07red0001]", "click[buy now]"])
+SEARCH_EPISODE = (
+    "who wrote the novel the old man and the sea?",
+    ["Question: who wrote the novel the old man and the sea?",
+     "<information>Doc 1(Title: The Old Man and the Sea) A short novel written in 1951 in Cuba.</information>",
+     "<information>Doc 1(Title: Ernest Hemingway) An American novelist and short-story writer.</information>"],
+    [[], [], []],
+    ["<search>old man and the sea</search>", "<search>hemingway</search>", "<answer>Ernest Hemingway</answer>"])
+EPISODES = {"alfworld": (rollout.alfworld_agent(), ALFWORLD_EPISODE),
+            "webshop": (rollout.webshop_agent(), WEBSHOP_EPISODE),
+            "search": (rollout.search_agent(), SEARCH_EPISODE)}
+
+
+def agent_rendered(env_name: str) -> list[str]:
+  """The user prompts of one episode, rendered as agent/rollout.py renders them (`agent.render`)."""
+  agent, (task, observations, admissible, actions) = EPISODES[env_name]
+  history, out = [], []
+  for observation, allowed, action in zip(observations, admissible, actions):
+    out.append(agent.render(task, observation, allowed, history, agent.history_length))
+    history.append(agent_prompts.HistoryEntry(observation, action))
+  return out
+
+
+def expected_injection(text: str, routed: RoutedSkill) -> str:
+  """By hand, from the documented contract: the episode section is its own paragraph right after the first line
+  holding the task / question; the step section its own paragraph right before the last line starting
+  "Now it's your turn"; nothing else changes."""
+  first_task = min(text.index(a) for a in ("Your task is to: ", "Your question: ") if a in text)
+  after_task = text.index("\n", first_task) + 1
+  turn = text.rindex("\nNow it's your turn") + 1
+  assert text[:turn].endswith("\n\n")  # the rendered layout has a blank line before the final instruction
+  out = text
+  if routed.step_skill:
+    section = "\n".join(routing.skill_section(routing.STEP_HEADER, routing.STEP_USAGE, routed.step_skill))
+    out = out[:turn] + section + "\n\n" + out[turn:]
+  if routed.episode_skill:
+    section = "\n".join(routing.skill_section(routing.EPISODE_HEADER, routing.EPISODE_USAGE, routed.episode_skill))
+    out = out[:after_task] + "\n" + section + "\n\n" + out[after_task:]
+  return out
+
+
+RENDERED_SKILLS = SkillSet("summary", "Find the target first, then act on it.",
+                           {1: "Take the next step toward the target now.", 2: "Finish the task with this action."})
+
+
+@pytest.mark.parametrize("mode", ROUTING_MODES)
+@pytest.mark.parametrize("env_name", sorted(EPISODES))
+def test_skills_land_in_prompts_the_agent_rendered(env_name, mode):
+  texts = agent_rendered(env_name)
+  routed = route_trajectory(RENDERED_SKILLS, len(texts), mode)
+  augmented = augmented_prompts(texts, RENDERED_SKILLS, mode)
+  assert [a is not None for a in augmented] == [r.has_skill for r in routed]
+  for text, r, got in zip(texts, routed, augmented):
+    if got is None:
+      continue
+    assert got == expected_injection(text, r)
+    lines, got_lines = text.split("\n"), got.split("\n")
+    assert got_lines[:2] == lines[:2] and got_lines[-1] == lines[-1]  # role, task, final instruction kept
+    assert got_lines[1].startswith(agent_prompts.EPISODE_ANCHORS) and lines[-1].startswith("Now it's your turn")
+    if r.episode_skill:
+      assert got_lines[2:7] == ["", routing.EPISODE_HEADER, routing.EPISODE_USAGE, f"[{r.episode_skill}]", ""]
+    if r.step_skill:
+      assert got_lines[-6:-1] == ["", routing.STEP_HEADER, routing.STEP_USAGE, f"[{r.step_skill}]", ""]

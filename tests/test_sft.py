@@ -15,9 +15,11 @@ import pytest
 from flax import nnx
 
 from configs import sft_alfworld_small
-from opid_jax import sft_data, sft_trainer
+from opid_jax.sft import data as sft_data
+from opid_jax.sft import trainer as sft_trainer
 from opid_jax.errors import UserError
-from opid_jax.model import hf_io, loading, padding
+from opid_jax.model import hf_io, loading
+from opid_jax.batching import padding
 from opid_jax.rl import batch as batch_lib
 from opid_jax.rl import update
 from opid_jax.rl.loss import nll_loss

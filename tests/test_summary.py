@@ -1,6 +1,6 @@
 """The closing summary table from hand-written metrics lines."""
 
-from opid_jax.summary import summary_rows, summary_table
+from opid_jax.training.summary import summary_rows, summary_table
 
 ROWS = [
     {"step": 0, "eval/success": 0.25, "eval/valid_action_ratio": 0.5, "eval/episode_length": 5.0, "time/eval": 10.0},

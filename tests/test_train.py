@@ -13,28 +13,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from hf_fixtures import make_hf_model, save_tiny_tokenizer
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("tiny_policy"))
-  save_tiny_tokenizer(out)
-  make_hf_model("qwen3", out, seed=0)
-  return out
-
-
-def train_cmd(model_dir, workdir, *overrides):
-  return [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-          f"--config.model.path={model_dir}", *overrides]
-
-
-def run_train(model_dir, workdir, *overrides, timeout=600):
-  return subprocess.run(train_cmd(model_dir, workdir, *overrides), cwd=ROOT, env=ENV, capture_output=True,
-                        text=True, timeout=timeout)
+@pytest.fixture
+def run_train(train_cmd):
+  def run(workdir, *overrides, timeout=600):
+    return subprocess.run(train_cmd(workdir, *overrides), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+  return run
 
 
 def read_metrics(workdir):
@@ -54,24 +42,24 @@ def final_params(workdir, step):
     ("--config.ppo.micro_batch_size=3", "not a multiple of ppo.micro_batch_size=3"),
     ("--config.env.name=minecraft", "env.name='minecraft'"),
 ])
-def test_config_errors_are_one_line_with_exit_code_2(model_dir, tmp_path, override, needle):
-  res = run_train(model_dir, tmp_path / "w", override)
+def test_config_errors_are_one_line_with_exit_code_2(run_train, tmp_path, override, needle):
+  res = run_train(tmp_path / "w", override)
   assert res.returncode == 2, res.stderr[-2000:]
   lines = [l for l in res.stderr.splitlines() if l.strip()]
   assert lines[-1].startswith("error: ") and needle in lines[-1], res.stderr[-2000:]
   assert "Traceback" not in res.stderr
 
 
-def test_missing_model_is_one_line(tmp_path):
-  res = run_train(str(tmp_path / "no_model"), tmp_path / "w")
+def test_missing_model_is_one_line(run_train, tmp_path):
+  res = run_train(tmp_path / "w", f"--config.model.path={tmp_path / 'no_model'}")
   assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: model path")
 
 
 @pytest.mark.slow
-def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
+def test_resume_after_a_kill_continues_exactly(run_train, train_cmd, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   flags = ("--config.train.steps=4", "--config.train.eval_every=2", "--config.train.eval_tasks=64")
-  res = run_train(model_dir, straight, *flags)
+  res = run_train(straight, *flags)
   assert res.returncode == 0, res.stderr[-3000:]
   assert (tmp_path / "straight" / "config.json").exists()
 
@@ -81,7 +69,7 @@ def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
     f.write('{"step": 1, "success": 0.5}\n{"step": 2, "success": 0.5}\n')
   # Same command, killed with SIGKILL as soon as iteration 2's checkpoint is complete (if iteration 2's row, with
   # its evaluation, were written only after the checkpoint, the kill would land before it), then started again.
-  proc = subprocess.Popen(train_cmd(model_dir, resumed, *flags), cwd=ROOT, env=ENV,
+  proc = subprocess.Popen(train_cmd(resumed, *flags), cwd=ROOT, env=ENV,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while not os.path.isdir(os.path.join(resumed, "checkpoints", "2")):
@@ -90,7 +78,7 @@ def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert len(read_metrics(resumed)) < 4
-  res = run_train(model_dir, resumed, *flags)
+  res = run_train(resumed, *flags)
   assert res.returncode == 0, res.stderr[-3000:]
   assert "resumed from iteration 2" in res.stderr or "resumed from iteration 3" in res.stderr, res.stderr[-3000:]
 
@@ -108,9 +96,9 @@ def test_resume_after_a_kill_continues_exactly(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_exits_cleanly(model_dir, tmp_path):
+def test_sigterm_saves_and_exits_cleanly(train_cmd, tmp_path):
   workdir = str(tmp_path / "preempted")
-  proc = subprocess.Popen(train_cmd(model_dir, workdir, "--config.train.steps=50",
+  proc = subprocess.Popen(train_cmd(workdir, "--config.train.steps=50",
                                     "--config.checkpoint.save_every=1000"),
                           cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 600
@@ -127,9 +115,9 @@ def test_sigterm_saves_and_exits_cleanly(model_dir, tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(done)]
 
 
-def test_evaluate_a_checkpoint_and_a_plain_model(model_dir, tmp_path):
+def test_evaluate_a_checkpoint_and_a_plain_model(run_train, model_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  res = run_train(model_dir, workdir, "--config.train.steps=1")
+  res = run_train(workdir, "--config.train.steps=1")
   assert res.returncode == 0, res.stderr[-3000:]
   for wd, iteration in ((workdir, 1), (str(tmp_path / "plain"), None)):
     res = subprocess.run([sys.executable, "-m", "opid_jax.evaluate", "--config=configs/smoke.py", f"--workdir={wd}",

@@ -11,15 +11,15 @@ import pytest
 
 import shared_data
 
-from opid_jax.envs import webshop_catalogue as catalogue
-from opid_jax.envs import webshop_data as data
-from opid_jax.envs.webshop import (GROUP_SIZE, HISTORY_LENGTH, INVALID_PENALTY, MAX_STEPS, SUCCESS_REWARD,
+from opid_jax.envs.webshop import catalogue
+from opid_jax.envs.webshop import data
+from opid_jax.envs.webshop.env import (GROUP_SIZE, HISTORY_LENGTH, INVALID_PENALTY, MAX_STEPS, SUCCESS_REWARD,
                                    TASKS_PER_BATCH, WebShopEnv, candidate_queries, parse_action)
-from opid_jax.envs.webshop_eval import summarize_episodes
-from opid_jax.envs.webshop_fuzzy import normalize_color, preprocess, token_set_ratio
-from opid_jax.envs.webshop_reward import (attribute_matches, name_nouns, option_matches, purchase_score,
+from opid_jax.envs.webshop.eval_goals import summarize_episodes
+from opid_jax.envs.webshop.fuzzy import normalize_color, preprocess, token_set_ratio
+from opid_jax.envs.webshop.reward import (attribute_matches, name_nouns, option_matches, purchase_score,
                                           type_factor)
-from opid_jax.envs.webshop_world import TEST_GOALS, build_world, load_world
+from opid_jax.envs.webshop.world import TEST_GOALS, build_world, load_world
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_WEBSHOP = pathlib.Path(shared_data.SHARED_DATA) / 'webshop'
@@ -222,7 +222,7 @@ def test_missing_files_raise_one_clear_line(tmp_path):
   message = str(caught.value)
   assert isinstance(caught.value, FileNotFoundError)
   assert 'items_shuffle_1000.json' in message and 'items_ins_v2_1000.json' in message
-  assert 'setup.sh' in message and 'webshop_catalogue' in message and '\n' not in message
+  assert 'setup.sh' in message and 'webshop.catalogue' in message and '\n' not in message
   (tmp_path / 'items_ins_v2_1000.json').write_text('{}')
   with pytest.raises(data.WebShopDataMissingError, match=r'items_shuffle_1000\.json not found'):
     load_world(str(tmp_path))

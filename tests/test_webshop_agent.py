@@ -6,7 +6,8 @@ import functools
 import pytest
 
 from opid_jax.agent import prompts, rollout
-from opid_jax.envs import webshop, webshop_catalogue
+from opid_jax.envs.webshop import env as webshop
+from opid_jax.envs.webshop import catalogue as webshop_catalogue
 from opid_jax.envs.pool import EnvPool
 
 

@@ -1,6 +1,7 @@
 """Step prompts: one user message per step, rendered to plain text, then wrapped by the chat template.
 
-Layout shared by every environment (the skill router relies on its anchors):
+Layout shared by every environment (the skill router, skills/routing.py, finds its place by these anchors,
+defined here only):
   role line
   task line                        `Your task is to: ...` / `Your question: ...` (episode-skill anchor)
   steps taken so far, and from step 1 on the last K `[Observation n: '...', Action n: '...']` pairs
@@ -16,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
+from opid_jax.batching import prompt_length
+
 TASK_ANCHOR = "Your task is to: "
 QUESTION_ANCHOR = "Your question: "
-TURN_ANCHOR = "Now it's your turn"
+EPISODE_ANCHORS = (TASK_ANCHOR, QUESTION_ANCHOR)  # the episode skill goes after the first line holding one
+TURN_ANCHOR = "Now it's your turn"  # the step skill goes before the last line starting with it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,10 +125,9 @@ def to_chat_text(tokenizer: Any, user_text: str, enable_thinking: bool = False) 
       messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking)
 
 
-def tokenize_prompt(tokenizer: Any, chat_text: str, max_tokens: int | None = None) -> list[int]:
-  """Token ids of a chat-templated prompt, cut from the left to `max_tokens` (the published setups
-  truncate on the left so that the current observation and the instruction survive)."""
-  ids = list(tokenizer(chat_text, add_special_tokens=False)["input_ids"])
-  if max_tokens is not None and len(ids) > max_tokens:
-    ids = ids[-max_tokens:]
-  return ids
+def tokenize_prompt(tokenizer: Any, chat_text: str, max_tokens: int | None = None, side: str = "left",
+                    what: str = "prompt") -> list[int]:
+  """Token ids of a chat-templated prompt, held to `max_tokens` by `prompt_length.fit`: cut from the left
+  (the published setups do, so that the current observation and the instruction survive) or refused ("error")."""
+  ids = tokenizer(chat_text, add_special_tokens=False)["input_ids"]
+  return prompt_length.fit(ids, max_tokens, side, what=what)

@@ -3,10 +3,10 @@
 The policy is any callable `policy(prompt_ids) -> [(response_ids, sampled_logprobs), ...]`, one pair
 per prompt in order; the tokenizer (a Hugging Face tokenizer) applies the chat template and decodes.
 
-Each Step's `prompt_text` is the chat-templated prompt its `prompt_ids` come from (cut on the left
-to `max_prompt_tokens`); its `user_prompt_text` is the plain user message, which is what the skill
-router injects into before the template is applied again; `Trajectory.info["format_problems"]`
-maps the index of each invalid step to what was wrong with it.
+Each Step's `prompt_text` is the chat-templated prompt its `prompt_ids` come from (held to `max_prompt_tokens`
+per `truncation_side`: cut on the left, or refused with a PromptTooLong for "error"); its `user_prompt_text` is
+the plain user message, which is what the skill router injects into before the template is applied again;
+`Trajectory.info["format_problems"]` maps the index of each invalid step to what was wrong with it.
 """
 
 from __future__ import annotations
@@ -70,20 +70,20 @@ def group_tasks(task_ids: Sequence[str], group_size: int, first_group_id: int = 
 def run_groups(pool: EnvPool, policy: Policy, tokenizer: Any, task_ids: Sequence[str],
                group_size: int, agent: AgentSpec, max_prompt_tokens: int | None = 2048,
                enable_thinking: bool = False, first_group_id: int = 0,
-               first_traj_id: int = 0) -> list[Trajectory]:
+               first_traj_id: int = 0, truncation_side: str = "left") -> list[Trajectory]:
   """Plays `group_size` episodes of each task to the end; trajectories come back in
   `(group, member)` order. Episodes run in waves of at most `pool.num_envs`."""
   episodes = group_tasks(task_ids, group_size, first_group_id, first_traj_id)
   trajectories = []
   for start in range(0, len(episodes), pool.num_envs):
     trajectories.extend(_run_wave(pool, policy, tokenizer, episodes[start:start + pool.num_envs],
-                                  agent, max_prompt_tokens, enable_thinking))
+                                  agent, max_prompt_tokens, truncation_side, enable_thinking))
   return trajectories
 
 
 def _run_wave(pool: EnvPool, policy: Policy, tokenizer: Any,
               wave: Sequence[tuple[int, int, str]], agent: AgentSpec,
-              max_prompt_tokens: int | None, enable_thinking: bool) -> list[Trajectory]:
+              max_prompt_tokens: int | None, truncation_side: str, enable_thinking: bool) -> list[Trajectory]:
   resets = pool.reset([(env_index, task_id) for env_index, (_, _, task_id) in enumerate(wave)])
   hindsights = pool.hindsight(list(range(len(wave))))
   episodes = []
@@ -100,16 +100,17 @@ def _run_wave(pool: EnvPool, policy: Policy, tokenizer: Any,
     running = [e for e in episodes if e.running]
     if not running:
       break
-    _play_turn(pool, policy, tokenizer, running, agent, max_prompt_tokens, enable_thinking)
+    _play_turn(pool, policy, tokenizer, running, agent, max_prompt_tokens, truncation_side, enable_thinking)
   return [e.trajectory for e in episodes]
 
 
-def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Episode],
-               agent: AgentSpec, max_prompt_tokens: int | None, enable_thinking: bool) -> None:
+def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Episode], agent: AgentSpec,
+               max_prompt_tokens: int | None, truncation_side: str, enable_thinking: bool) -> None:
   user_texts = [agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history,
                              agent.history_length) for e in running]
   prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) for text in user_texts]
-  prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens) for text in prompt_texts]
+  prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens, truncation_side)
+                for text in prompt_texts]
   samples = policy(prompt_ids)
   if len(samples) != len(running):
     raise ValueError(f"policy returned {len(samples)} responses for {len(running)} prompts")

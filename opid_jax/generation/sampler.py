@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from opid_jax.errors import UserError
-from opid_jax.model import padding
+from opid_jax.batching import padding, prompt_length
 from opid_jax.model.decoder import Decoder, init_cache, positions_from_mask
 from opid_jax.parallel.distributed import fetch  # gathers outputs that span several hosts
 
@@ -166,9 +166,7 @@ class Sampler:
       key = jax.random.PRNGKey(key)
     if any(len(p) == 0 for p in prompts):
       raise UserError("cannot generate from an empty prompt")
-    longest = max(self.prompt_buckets)
-    if self.truncate_left:
-      prompts = padding.truncate_left(prompts, longest)
+    prompts = prompt_length.fit_all(prompts, max(self.prompt_buckets), "left" if self.truncate_left else "error")
     tokens, logprobs, finished = [], [], []
     for i, (start, stop) in enumerate(padding.chunks(len(prompts), max(self.batch_buckets))):
       part = prompts[start:stop]

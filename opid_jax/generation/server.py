@@ -1,6 +1,10 @@
 """An OpenAI-compatible HTTP server over the JAX sampler (used by `python -m opid_jax.serve`).
 
 Endpoints: POST /v1/chat/completions, GET /v1/models, GET /v1/stats (batching counters).
+
+A prompt longer than `max_prompt_tokens` goes through `batching.prompt_length`: by default it is cut from the left
+(what the server has always done; `usage.prompt_tokens` counts the tokens the model read); with
+`truncation_side="error"` it is answered with HTTP 400 and an OpenAI-style `context_length_exceeded` error.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ import json
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from opid_jax.batching import prompt_length
 
 
 MAX_TOKENS_LIMIT = 4096
@@ -60,8 +66,9 @@ def make_handler(state):
       self.end_headers()
       self.wfile.write(data)
 
-    def _error(self, status: int, message: str, kind: str = "invalid_request_error"):
-      self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+    def _error(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None):
+      self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": code}})
 
     def do_GET(self):
       if self.path.rstrip("/") == "/v1/models":
@@ -88,6 +95,9 @@ def make_handler(state):
         return
       try:
         completions = state["complete"](messages, sampling, n, max_tokens)
+      except prompt_length.PromptTooLong as e:
+        self._error(400, str(e), param="messages", code="context_length_exceeded")
+        return
       except Exception as e:
         self._error(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
         return
@@ -105,17 +115,19 @@ def make_handler(state):
 
 
 def build_server(model: str, host: str, port: int, *, max_batch: int = 32, max_prompt_tokens: int = 4096,
-                 default_max_tokens: int = 512, dtype: str = "float32"):
+                 default_max_tokens: int = 512, dtype: str = "float32", truncation_side: str = "left"):
   from opid_jax.generation.batcher import RequestBatcher
   from opid_jax.generation.sampler import Sampler
-  from opid_jax.model import loading, padding, tokenizer as tok
+  from opid_jax.model import loading, tokenizer as tok
+  from opid_jax.batching import padding
   loaded = loading.load(model, dtype=dtype)
   sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id,
                     prompt_buckets=padding.buckets_up_to(max_prompt_tokens), truncate_left=True)
   batcher = RequestBatcher(sampler, loaded.tokenizer, max_batch=max_batch)
 
   def complete(messages, sampling, n, max_tokens):
-    prompt = tok.encode(loaded.tokenizer, tok.chat_prompt(loaded.tokenizer, messages))
+    prompt = prompt_length.fit(tok.encode(loaded.tokenizer, tok.chat_prompt(loaded.tokenizer, messages)),
+                               max_prompt_tokens, truncation_side, prompt_length.SERVER)
     return [f.result() for f in [batcher.submit(prompt, sampling, max_tokens) for _ in range(n)]]
 
   state = {"model_id": model, "created": int(time.time()), "batcher": batcher, "complete": complete,

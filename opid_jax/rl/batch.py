@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from opid_jax.model import padding
+from opid_jax.batching import padding
 
 
 @dataclasses.dataclass

@@ -29,6 +29,7 @@ class OpidSettings:
   invalid_penalty: float = 0.1
   use_reference: bool = False
   max_prompt_tokens: int | None = 2048
+  truncation_side: str = "left"  # as the rollout's: a skill prompt over the limit is cut on the left or refused
 
   @property
   def skills_enabled(self) -> bool:
@@ -58,7 +59,8 @@ def skill_prompt_ids(trajectories: Sequence[Trajectory], analyses: Sequence[Any]
         out.append(None)
       else:
         chat = prompt_lib.to_chat_text(tokenizer, augmented)
-        out.append(prompt_lib.tokenize_prompt(tokenizer, chat, settings.max_prompt_tokens))
+        out.append(prompt_lib.tokenize_prompt(tokenizer, chat, settings.max_prompt_tokens, settings.truncation_side,
+                                              what="skill-augmented prompt"))
   return out
 
 

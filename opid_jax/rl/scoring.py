@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from opid_jax.errors import UserError
-from opid_jax.model import padding
+from opid_jax.batching import padding, prompt_length
 from opid_jax.model.decoder import Decoder, positions_from_mask
 from opid_jax.parallel.distributed import fetch  # gathers outputs that span several hosts
 
@@ -108,8 +108,7 @@ class Scorer:
       raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if any(len(p) == 0 for p in prompts):
       raise UserError("cannot score after an empty prompt")
-    if self.truncate_left:
-      prompts = padding.truncate_left(prompts, max(self.prompt_buckets))
+    prompts = prompt_length.fit_all(prompts, max(self.prompt_buckets), "left" if self.truncate_left else "error")
     params = self.params if params is None else params
     order = np.argsort([len(p) + len(r) for p, r in zip(prompts, responses)], kind="stable")
     logprobs: list = [None] * len(prompts)

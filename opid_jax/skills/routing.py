@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from opid_jax.agent.prompts import EPISODE_ANCHORS, TURN_ANCHOR as STEP_ANCHOR
 from opid_jax.skills.records import SkillSet
 
 ROUTING_MODES = ("critical_first", "episode_only", "step_only", "superimpose", "none")
-
-EPISODE_ANCHORS = ("Your task is to: ", "Your question: ")
-STEP_ANCHOR = "Now it's your turn"
 
 EPISODE_HEADER = "**Episode skill (hindsight from a finished attempt at this task)**"
 EPISODE_USAGE = "Let this lesson guide the whole episode, including the action you choose now:"
@@ -88,8 +86,9 @@ def _step_position(lines: list[str]) -> int:
 def inject_skill(prompt_text: str, routed: RoutedSkill) -> str:
   """The user prompt (before the chat template) with the routed skill section(s) inserted.
 
-  Episode skill: right after the first line stating the task (else at the start). Step skill: right
-  before the last line starting "Now it's your turn" (else at the end). No skill: the text unchanged.
+  Episode skill: right after the first line holding an EPISODE_ANCHOR (the task or question; else at the
+  start). Step skill: right before the last line starting with STEP_ANCHOR (else at the end). Each section is
+  its own paragraph; the rest of the text is unchanged. No skill: the text unchanged.
   """
   if not routed.has_skill:
     return prompt_text

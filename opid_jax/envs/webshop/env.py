@@ -14,10 +14,10 @@ from __future__ import annotations
 import re
 
 from opid_jax.envs.base import Env, Hindsight, ResetResult, StepResult
-from opid_jax.envs import webshop_pages as pages
-from opid_jax.envs.webshop_data import NO_PRICE_LIMIT, Goal, Product
-from opid_jax.envs.webshop_reward import goal_option_items, purchase_score
-from opid_jax.envs.webshop_world import WebShopWorld, load_world
+from opid_jax.envs.webshop import pages
+from opid_jax.envs.webshop.data import NO_PRICE_LIMIT, Goal, Product
+from opid_jax.envs.webshop.reward import goal_option_items, purchase_score
+from opid_jax.envs.webshop.world import WebShopWorld, load_world
 
 # The paper's WebShop settings (method.md section 2), for the config system to wire in.
 MAX_STEPS = 15  # actions per episode

@@ -61,7 +61,8 @@ def _search_qa(env_cfg, rollout_cfg) -> EnvSetup:
 
 
 def _webshop(env_cfg, rollout_cfg) -> EnvSetup:
-  from opid_jax.envs import webshop, webshop_world
+  from opid_jax.envs.webshop import env as webshop
+  from opid_jax.envs.webshop import world as webshop_world
   try:
     world = webshop_world.load_world(env_cfg.data_dir)
   except FileNotFoundError as e:

@@ -61,8 +61,10 @@ def per_task_type(trajectories: Sequence[Trajectory]) -> dict[str, dict[str, flo
 
 
 def evaluate(pool, policy: Callable, tokenizer, agent: rollout.AgentSpec, task_ids: Sequence[str],
-             max_prompt_tokens: int | None) -> tuple[dict[str, dict[str, float]], list[Trajectory]]:
-  trajectories = rollout.run_groups(pool, policy, tokenizer, task_ids, 1, agent, max_prompt_tokens)
+             max_prompt_tokens: int | None, truncation_side: str = "left"
+             ) -> tuple[dict[str, dict[str, float]], list[Trajectory]]:
+  trajectories = rollout.run_groups(pool, policy, tokenizer, task_ids, 1, agent, max_prompt_tokens,
+                                    truncation_side=truncation_side)
   return per_task_type(trajectories), trajectories
 
 
@@ -73,3 +75,14 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
     cells = [f"{row.get(c, 0):.0f}" if c == "episodes" else f"{row.get(c, 0):.3f}" for c in cols]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def write_table(folder: str, name: str, table: dict[str, dict[str, float]], report: dict | None = None) -> None:
+  """FOLDER/NAME.json (the `report` dict, or the table alone) and FOLDER/NAME.md (the markdown table); local or
+  gs://."""
+  import json
+  from etils import epath
+  out = epath.Path(folder)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / f"{name}.json").write_text(json.dumps(report if report is not None else table, indent=2))
+  (out / f"{name}.md").write_text(markdown_table(table) + "\n")

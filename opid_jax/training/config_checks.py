@@ -24,10 +24,35 @@ def _at_least(name, value, low):
     raise UserError(f"{name}={value} must be >= {low}")
 
 
-def _in_range(name, value, low, high, low_open=False):
-  bad = (value <= low if low_open else value < low) or value > high
+def _above(name, value, low):
+  if value <= low:
+    raise UserError(f"{name}={value} must be > {low}")
+
+
+def _in_range(name, value, low, high, low_open=False, high_open=False):
+  bad = (value <= low if low_open else value < low) or (value >= high if high_open else value > high)
   if bad:
-    raise UserError(f"{name}={value} must be in {'(' if low_open else '['}{low}, {high}]")
+    raise UserError(f"{name}={value} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
+
+
+def validate_optim(q) -> None:
+  """The `optim` block, shared by RL and SFT: values AdamW would turn into no learning (or NaN)."""
+  _in_range("optim.lr", q.lr, 0.0, 1.0, low_open=True)
+  _one_of("optim.schedule", q.schedule, SCHEDULES)
+  _at_least("optim.warmup_steps", q.warmup_steps, 0)
+  _at_least("optim.grad_clip", q.grad_clip, 0.0)  # 0 turns clipping off
+  _at_least("optim.weight_decay", q.weight_decay, 0.0)
+  # b = 1 freezes Adam's moment at its zero start (and its bias correction divides by 0).
+  _in_range("optim.b1", q.b1, 0.0, 1.0, high_open=True)
+  _in_range("optim.b2", q.b2, 0.0, 1.0, high_open=True)
+  _above("optim.eps", q.eps, 0.0)
+
+
+def updates_per_iteration(c) -> int:
+  """The most optimizer updates one RL iteration can make: ppo.epochs passes over at most
+  tasks_per_batch x group_size x max_steps step samples, one update per mini-batch."""
+  r = c.rollout
+  return c.ppo.epochs * -(-r.tasks_per_batch * r.group_size * r.max_steps // c.ppo.mini_batch_size)
 
 
 def validate(c) -> None:
@@ -38,7 +63,9 @@ def validate(c) -> None:
 
   r = c.rollout
   _at_least("rollout.tasks_per_batch", r.tasks_per_batch, 1)
-  _at_least("rollout.group_size", r.group_size, 1)
+  if r.group_size < 2:
+    raise UserError(f"rollout.group_size={r.group_size} must be >= 2: GRPO centres each return on its task's group, "
+                    f"so a group of one trajectory gets an episode advantage of 0")
   _in_range("rollout.temperature", r.temperature, 0.0, 10.0, low_open=True)
   _in_range("rollout.top_p", r.top_p, 0.0, 1.0, low_open=True)
   _at_least("rollout.top_k", r.top_k, 0)
@@ -51,6 +78,7 @@ def validate(c) -> None:
 
   _one_of("env.name", c.env.name, ENV_NAMES)
   _at_least("env.num_workers", c.env.num_workers, 1)
+  _above("env.step_timeout_s", c.env.step_timeout_s, 0.0)
 
   a = c.analyzer
   _one_of("analyzer.backend", a.backend, ANALYZER_BACKENDS)
@@ -60,6 +88,9 @@ def validate(c) -> None:
     raise UserError("analyzer.backend=local needs analyzer.model (a model path for the JAX sampler)")
   _at_least("analyzer.max_step_skills", a.max_step_skills, 0)
   _in_range("analyzer.gamma", a.gamma, 0.0, 1.0)
+  _at_least("analyzer.concurrency", a.concurrency, 1)
+  _above("analyzer.timeout_s", a.timeout_s, 0.0)
+  _at_least("analyzer.max_api_retries", a.max_api_retries, 0)
 
   o = c.opid
   _one_of("opid.routing", o.routing, ROUTING_MODES)
@@ -67,6 +98,9 @@ def validate(c) -> None:
   _one_of("opid.group_stats", o.group_stats, GROUP_STATS)
   _at_least("opid.lambda_skill", o.lambda_skill, 0.0)
   _at_least("opid.invalid_penalty", o.invalid_penalty, 0.0)
+  if o.lambda_skill > 0 and o.routing == "step_only" and a.backend != "none" and a.max_step_skills == 0:
+    raise UserError("analyzer.max_step_skills=0 with opid.routing=step_only injects no skill: the skill advantage "
+                    "is 0 (set opid.lambda_skill=0 for plain GRPO)")
 
   p = c.ppo
   _in_range("ppo.clip_eps", p.clip_eps, 0.0, 1.0, low_open=True)
@@ -75,21 +109,23 @@ def validate(c) -> None:
     raise UserError(f"ppo.dual_clip={p.dual_clip} must be 0 (off) or > 1")
   _at_least("ppo.epochs", p.epochs, 1)
   _at_least("ppo.micro_batch_size", p.micro_batch_size, 1)
+  _at_least("ppo.mini_batch_size", p.mini_batch_size, 1)
   if p.mini_batch_size % p.micro_batch_size:
     raise UserError(f"ppo.mini_batch_size={p.mini_batch_size} is not a multiple of "
                     f"ppo.micro_batch_size={p.micro_batch_size}")
   _one_of("ppo.kl_estimator", p.kl_estimator, KL_ESTIMATORS)
   _at_least("ppo.kl_coef", p.kl_coef, 0.0)
+  _above("ppo.kl_clamp", p.kl_clamp, 0.0)  # the KL term is clipped to [-kl_clamp, kl_clamp]
   _at_least("ppo.entropy_coef", p.entropy_coef, 0.0)
 
-  q = c.optim
-  _in_range("optim.lr", q.lr, 0.0, 1.0, low_open=True)
-  _one_of("optim.schedule", q.schedule, SCHEDULES)
-  _at_least("optim.warmup_steps", q.warmup_steps, 0)
-  _at_least("optim.grad_clip", q.grad_clip, 0.0)
-  _at_least("optim.weight_decay", q.weight_decay, 0.0)
-
-  _at_least("train.steps", c.train.steps, 0)
+  validate_optim(c.optim)
+  _at_least("train.steps", c.train.steps, 1)
+  # scaffold.build_trainable stretches the schedule over train.steps updates, as if an iteration made one.
+  updates = updates_per_iteration(c)
+  if c.optim.schedule != "constant" and updates > 1:
+    raise UserError(f"optim.schedule={c.optim.schedule!r} decays over train.steps={c.train.steps} optimizer updates, "
+                    f"but an iteration can make up to {updates} (ppo.epochs x mini-batches): the learning rate would "
+                    f"reach 0 early; use optim.schedule=constant")
   _at_least("train.eval_every", c.train.eval_every, 0)
   _at_least("train.eval_tasks", c.train.eval_tasks, 0)
   _at_least("train.eval_envs", c.train.eval_envs, 0)

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from typing import Mapping
 
-from opid_jax.envs.webshop_fuzzy import normalize_color, token_set_ratio
+from opid_jax.envs.webshop.fuzzy import normalize_color, token_set_ratio
 
 FUZZY_MATCH_THRESHOLD = 85  # a fuzzy score must be strictly above this
 

@@ -20,10 +20,6 @@ def bucket_for(n: int, buckets: Sequence[int], what: str) -> int:
                   f"raise the buckets or enable left truncation")
 
 
-def truncate_left(seqs: Sequence[Sequence[int]], max_len: int) -> list[list[int]]:
-  return [list(s[-max_len:]) if len(s) > max_len else list(s) for s in seqs]
-
-
 def pad_left(seqs: Sequence[Sequence[int]], length: int, rows: int, pad_id: int):
   """[rows, length] ids and mask, each sequence right-aligned; extra rows are all padding."""
   ids = np.full((rows, length), pad_id, np.int32)

@@ -19,10 +19,10 @@ import numpy as np
 from opid_jax.agent import prompts as prompt_lib
 from opid_jax.agent.prompts import HistoryEntry
 from opid_jax.envs import alfworld
-from opid_jax.envs.expert_replay import ExpertStep, replay_walkthroughs
+from opid_jax.sft.expert_replay import ExpertStep, replay_walkthroughs
 from opid_jax.envs.pool import EnvPool
 from opid_jax.errors import UserError
-from opid_jax import skill_probe
+from opid_jax.skills import probe as skill_probe
 from opid_jax.skills import routing
 
 
@@ -108,7 +108,7 @@ def tokenize_example(tokenizer, step: ExpertStep, kind: str, history_window: int
   """Prompt ids exactly as a rollout makes them; response ids as the policy would sample them (end of turn
   included)."""
   chat = prompt_lib.to_chat_text(tokenizer, example_prompt(step, kind, history_window))
-  prompt_ids = prompt_lib.tokenize_prompt(tokenizer, chat, max_prompt_tokens)
+  prompt_ids = prompt_lib.tokenize_prompt(tokenizer, chat, max_prompt_tokens, side="left")  # SFT always cuts
   return prompt_ids, skill_probe.response_ids(tokenizer, step.expert_action, end_of_turn_id)
 
 

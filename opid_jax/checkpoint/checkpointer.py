@@ -98,6 +98,23 @@ class Checkpointer:
       raise UserError(f"checkpoint {self._directory / str(step)} does not fit the train state: {problem}") from e
     return step, restored[_STATE], restored[_HOST]
 
+  def restore_params(self, step: int, params):
+    """Only the `params` subtree of step's train state, each leaf onto the sharding of the matching leaf of
+    `params` (arrays or ShapeDtypeStructs). The saved shardings, and the optimizer state, are never read, so
+    this works on any topology."""
+    if step not in self.all_steps():
+      raise UserError(f"no complete checkpoint for step {step} in {self._directory}")
+    target = {"params": jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)}
+    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True)
+    try:
+      restored = ocp.PyTreeCheckpointer().restore(self._directory / str(step) / _STATE, args=args)
+    except (ValueError, KeyError) as e:
+      problem = self._describe_mismatch(step, {"params": params}) or " ".join(str(e).split())[:400]
+      raise UserError(f"checkpoint {self._directory / str(step)} does not fit the model: {problem}") from e
+    return restored["params"]
+
   def wait(self):
     """Blocks until an async save is finalized (and raises its error, if any)."""
     self._manager.wait_until_finished()

@@ -19,10 +19,11 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   config = required_config(_CONFIG, "configs/sft_alfworld_small.py")
-  from opid_jax import sft_trainer, trainer
+  from opid_jax.checkpoint import run_files
+  from opid_jax.sft import trainer as sft_trainer
   sft_trainer.validate(config)
   quiet_libraries()
-  trainer.write_config(config, FLAGS.workdir)
+  run_files.write_config(config, FLAGS.workdir)
   sft_trainer.train_sft(config, FLAGS.workdir)
 
 

@@ -3,7 +3,7 @@
 Writes `items_shuffle_{n}.json` (scraped-product records) and `items_ins_v2_{n}.json` (attributes, and an
 instruction for most products) into --out, deterministically from --seed:
 
-  python -m opid_jax.envs.webshop_catalogue --out=DIR --n=300 --seed=0
+  python -m opid_jax.envs.webshop.catalogue --out=DIR --n=300 --seed=0
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The skill-signal probe's logic: does a model's preference for the expert action move when a skill is in the prompt?
 
-At each step of a replayed expert walkthrough (`opid_jax.envs.expert_replay`) three user prompts are rendered
+At each step of a replayed expert walkthrough (`opid_jax.sft.expert_replay`) three user prompts are rendered
 exactly as RL rollouts render them: the plain one, one carrying the episode skill the `expert` analyzer writes
 (`workflow_skill(plan)`) and one carrying its step skill (`next_action_skill(expert action)`). Two responses are
 scored after each: the expert action and another admissible action, both in the SFT response format
@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from opid_jax.agent import prompts, rollout
-from opid_jax.envs.expert_replay import ExpertStep
+from opid_jax.sft.expert_replay import ExpertStep
 from opid_jax.skills.expert_backend import next_action_skill, workflow_skill
 from opid_jax.skills.routing import RoutedSkill, inject_skill
 
@@ -188,7 +188,7 @@ def scorer_sums(model: Any, pad_id: int, longest_response: int, max_prompt_token
   """A ScoreFn over `opid_jax.rl.scoring.Scorer`: float64 sums of its float32 token log-probs (temperature 1).
 
   Response buckets are (32, 64), grown in steps of 64 (the scorer's chunk) if an action needs more."""
-  from opid_jax.model import padding
+  from opid_jax.batching import padding
   from opid_jax.rl.scoring import Scorer
   response_limit = max(RESPONSE_BUCKETS[-1], -(-longest_response // 64) * 64)
   scorer = Scorer(model, pad_id, micro_batch=micro_batch,

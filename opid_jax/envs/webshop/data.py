@@ -28,7 +28,7 @@ class WebShopDataMissingError(FileNotFoundError):
 def missing_data_message(missing: Sequence[str], where: str) -> str:
   return (f"WebShop data missing: {', '.join(missing)} not found in {where}. Get them with WebShop's "
           f"setup.sh (princeton-nlp/WebShop, `-d small` for the 1,000-product set) or write an offline "
-          f"catalogue with `python -m opid_jax.envs.webshop_catalogue --out={where}`.")
+          f"catalogue with `python -m opid_jax.envs.webshop.catalogue --out={where}`.")
 
 
 @dataclasses.dataclass

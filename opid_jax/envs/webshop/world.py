@@ -11,8 +11,8 @@ import functools
 import os
 import random
 
-from opid_jax.envs import webshop_data as data
-from opid_jax.envs.webshop_search import SEARCH_RETURN_N, ProductIndex, product_document
+from opid_jax.envs.webshop import data
+from opid_jax.envs.webshop.search import SEARCH_RETURN_N, ProductIndex, product_document
 
 GOAL_SEED = 233  # WebShop's seed for the goal shuffle; also seeds price draws (unseeded in WebShop)
 TEST_GOALS = 500  # goal indices 0..499 are the test split, 500.. the training split

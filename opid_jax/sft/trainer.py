@@ -15,22 +15,20 @@ import logging
 import os
 from typing import Any
 
-import jax
 import numpy as np
-import tqdm
 from flax import nnx
 
-from opid_jax import checkpoint as ckpt_lib
-from opid_jax import metrics as metrics_lib
-from opid_jax import sft_data, small_policy
-from opid_jax.skill_probe import end_of_turn_id
+from opid_jax.batching import padding
 from opid_jax.errors import UserError
-from opid_jax.model import hf_io, loading, padding
-from opid_jax.model.sharding import use_rules
-from opid_jax.parallel import distributed, mesh as mesh_lib
+from opid_jax.model import hf_io
+from opid_jax.parallel import distributed
 from opid_jax.rl import batch as batch_lib
 from opid_jax.rl import minibatch_step, update
 from opid_jax.rl.scoring import Scorer
+from opid_jax.sft import data as sft_data
+from opid_jax.sft import small_policy
+from opid_jax.skills.probe import end_of_turn_id
+from opid_jax.training import metrics as metrics_lib, scaffold
 
 log = logging.getLogger(__name__)
 SKILL_KINDS = ("none", "episode", "step")
@@ -125,15 +123,8 @@ def train_sft(config, workdir: str) -> dict[str, float]:
   cache = d.cache or os.path.join(workdir, "expert_steps.jsonl")
   steps = sft_data.load_or_build(cache, d.data_dir, d.split, d.num_games, d.seed, d.num_workers)
   train_steps, held_steps = split_heldout(steps, d.heldout_games)
-  model_path = prepare_policy(config, workdir, steps)
-
-  mesh = mesh_lib.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
-  rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.mesh.rules)
-  loaded = loading.load(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                        remat=config.model.remat, shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules))
-  graphdef, params = nnx.split(loaded.model)
-  tx = update.optimizer_from_config(config.optim, config.train.steps)
-  state = update.init_train_state(params, tx)
+  model = scaffold.build_trainable(config, prepare_policy(config, workdir, steps))
+  loaded = model.loaded
   prompt_buckets = padding.buckets_up_to(d.max_prompt_tokens, t.prompt_buckets)
   maker = ExampleMaker(loaded.tokenizer, end_of_turn_id(loaded.tokenizer, loaded.stop_ids), d.history_window,
                        d.max_prompt_tokens)
@@ -142,56 +133,33 @@ def train_sft(config, workdir: str) -> dict[str, float]:
   scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=t.micro_batch_size, prompt_buckets=prompt_buckets,
                   response_buckets=t.response_buckets, truncate_left=True)
   loss_cfg = update.LossConfig(objective="nll", with_entropy=False)
-  layout = minibatch_step.BatchLayout(mesh, rules, t.micro_batch_size, loaded.pad_id, prompt_buckets,
+  layout = minibatch_step.BatchLayout(model.mesh, model.rules, t.micro_batch_size, loaded.pad_id, prompt_buckets,
                                       t.response_buckets, t.bucket_micro_batches)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
-                                       save_every=config.checkpoint.save_every,
-                                       async_save=config.checkpoint.async_save)
+  checkpointer = scaffold.make_checkpointer(config, workdir)
   writer = metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead())
-  start = 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    start, state, _ = checkpointer.restore(latest, abstract)
-    log.warning("sft: resumed from step %d", start)
-  writer.truncate_from(0 if latest is None else start + 1)  # steps about to be (re)done are logged once
+  start, model.state, _ = scaffold.restore_or_start(checkpointer, writer, model.state)
   print(f"sft: {len(train_steps)} training examples ({batches.per_epoch} batches per epoch), "
         f"{len(held_steps)} held out", flush=True)
-  last: dict[str, float] = {}
-  finished = False
-  try:
-    with use_rules(mesh, rules), ckpt_lib.PreemptionGuard() as guard:
-      bar = tqdm.tqdm(range(start, t.steps), desc="sft", initial=start, total=t.steps, dynamic_ncols=True,
-                      disable=not distributed.is_lead())
-      timer = metrics_lib.PhaseTimer()
-      for step in bar:
-        samples, kinds = batches.batch(step)
-        with timer.phase("update"):
-          state, m = minibatch_step.optimizer_step(state, samples, layout, graphdef=graphdef, tx=tx, cfg=loss_cfg)
-          m = {k.replace("ppo/", "sft/"): float(v) for k, v in distributed.fetch(m).items()}
-        done = step + 1
-        metrics = {"loss": m["sft/loss"], **m, "sft/epoch": step / batches.per_epoch,
-                   "sft/skill_share": float(np.mean([k != "none" for k in kinds]))}
-        if held_steps and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-          with timer.phase("eval"):
-            metrics.update(heldout_metrics(scorer, maker, held_steps, state.params))
-        metrics.update(timer.as_metrics())
-        writer.write(done, metrics)  # before the save, as in RL training: a restart redoes an unsaved step's row
-        last = metrics
-        with timer.phase("checkpoint"):
-          checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=done == t.steps)
-        if distributed.any_process(guard.requested):
-          checkpointer.save(done, state, {"step": done, "config": config.to_dict()}, force=True)
-          log.warning("stop requested: saved step %d, exiting", done)
-          break
-      else:
-        finished = True
-  finally:
-    checkpointer.wait()
-    checkpointer.close()
-    writer.close()
+
+  def sft_step(step: int, timer: metrics_lib.PhaseTimer) -> dict[str, float]:
+    samples, kinds = batches.batch(step)
+    with timer.phase("update"):
+      model.state, m = minibatch_step.optimizer_step(model.state, samples, layout, graphdef=model.graphdef,
+                                                     tx=model.tx, cfg=loss_cfg)
+      m = {k.replace("ppo/", "sft/"): float(v) for k, v in distributed.fetch(m).items()}
+    metrics = {"loss": m["sft/loss"], **m, "sft/epoch": step / batches.per_epoch,
+               "sft/skill_share": float(np.mean([k != "none" for k in kinds]))}
+    done = step + 1
+    if held_steps and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+      with timer.phase("eval"):
+        metrics.update(heldout_metrics(scorer, maker, held_steps, model.state.params))
+    return metrics
+
+  last, finished = scaffold.checkpointed_loop(
+      model, start=start, steps=t.steps, step_fn=sft_step, checkpointer=checkpointer, writer=writer,
+      host_state=lambda done: {"step": done, "config": config.to_dict()}, desc="sft")
   if finished and distributed.is_lead():
-    nnx.update(loaded.model, state.params)
+    nnx.update(loaded.model, model.state.params)
     out = os.path.join(workdir, "policy")
     hf_io.export_hf(loaded.model, out, tokenizer=loaded.tokenizer,
                     generation_config={"eos_token_id": list(loaded.stop_ids)})
@@ -204,16 +172,25 @@ def train_sft(config, workdir: str) -> dict[str, float]:
 
 def validate(config) -> None:
   """One-line errors for an SFT config, before anything is built."""
-  from opid_jax.config_validation import DTYPES, SCHEDULES, _at_least, _one_of
+  from opid_jax.training.config_checks import DTYPES, _at_least, _one_of, validate_optim
   _one_of("model.dtype", config.model.dtype, DTYPES)
   _one_of("model.param_dtype", config.model.param_dtype, DTYPES)
-  _one_of("optim.schedule", config.optim.schedule, SCHEDULES)
+  validate_optim(config.optim)
   t, d = config.train, config.data
   for name in ("steps", "batch_size", "micro_batch_size"):
     _at_least(f"train.{name}", t[name], 1)
   if t.batch_size % t.micro_batch_size:
     raise UserError(f"train.batch_size={t.batch_size} is not a multiple of train.micro_batch_size={t.micro_batch_size}")
+  _at_least("train.eval_every", t.eval_every, 0)
+  _at_least("checkpoint.keep", config.checkpoint.keep, 1)
+  _at_least("checkpoint.save_every", config.checkpoint.save_every, 1)
+  _at_least("data.num_games", d.num_games, 1)
+  if not 0 <= d.heldout_games < d.num_games:
+    raise UserError(f"data.heldout_games={d.heldout_games} must be in [0, data.num_games={d.num_games}): "
+                    f"held-out games are never trained on")
+  _at_least("data.num_workers", d.num_workers, 1)
   _at_least("data.history_window", d.history_window, 0)
+  _at_least("data.max_prompt_tokens", d.max_prompt_tokens, 8)
   sft_data.SkillShare(d.skill_share_episode, d.skill_share_step)
   if not os.path.isdir(d.data_dir):
     raise UserError(f"ALFWorld data not found at {d.data_dir!r} (run `make data`, then set data.data_dir)")

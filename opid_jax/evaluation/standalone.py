@@ -1,0 +1,47 @@
+"""`python -m opid_jax.evaluate`'s work: the latest checkpoint of a run (or the plain model) plays a fixed task list
+with no analyzer and no skills; the table lands in WORKDIR/eval_<split>.json and .md."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+from etils import epath
+from flax import nnx
+
+from opid_jax.agent import env_setup
+from opid_jax.batching import padding
+from opid_jax.checkpoint import run_files
+from opid_jax.envs.pool import EnvPool
+from opid_jax.evaluation import tables
+from opid_jax.generation.policy import make_policy
+from opid_jax.generation.sampler import Sampler, SamplingParams
+from opid_jax.model import loading
+
+
+def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
+  """Evaluates the latest checkpoint (or the plain model); returns (table, path of the files without suffix)."""
+  env = env_setup.build(config.env, config.rollout)
+  loaded = loading.load(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  _, params = nnx.split(loaded.model)
+  restored, step = run_files.restore_latest_params(workdir, params, config.checkpoint.dir or None)
+  if restored is not None:
+    nnx.update(loaded.model, restored)
+  r = config.rollout
+  prompt_buckets = padding.buckets_up_to(r.max_prompt_tokens, config.train.prompt_buckets)
+  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets,
+                    truncate_left=r.truncation_side == "left")
+  sampling = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+  policy = make_policy(sampler, sampling, jax.random.PRNGKey(config.train.seed))
+  tasks = tables.first_per_split(env.eval_tasks, num_tasks)
+  num_envs = max(1, min(len(tasks), config.train.eval_envs or r.tasks_per_batch * r.group_size))
+  with EnvPool(env.eval_factory or env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
+               timeout_s=config.env.step_timeout_s) as pool:
+    table, _ = tables.evaluate(pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens,
+                               r.truncation_side)
+  name = f"eval_{config.env.eval_split.replace(',', '+')}"
+  report = {"checkpoint_iteration": step, "model": config.model.path, "split": config.env.eval_split,
+            "tasks": len(tasks), "temperature": r.eval_temperature, "table": table}
+  base = epath.Path(workdir) / name
+  tables.write_table(workdir, name, table, report=report)
+  return table, str(base)
