@@ -1,5 +1,6 @@
 # make setup  : .venv with the pinned runtime stack (CPU jax) and the offline demo model
-# make test   : the whole test suite, offline (what .ci/run calls)
+# make test   : lint, then the whole test suite, offline (what .ci/run calls)
+# make lint   : ruff format --check and ruff check (make format applies the formatter and the safe fixes)
 # make demo   : OPID on real ALFWorld games with SmolLM2-135M, offline, CPU (about 15 minutes)
 # make data   : unpack the ALFWorld games into ./data (from ../shared/data or ALFWORLD_ARCHIVE)
 # make bench  : engine benchmark against transformers
@@ -11,7 +12,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 SHARED ?= ../shared
 ALFWORLD_ARCHIVE ?= $(SHARED)/data/alfworld/json_2.1.1.tar.gz
 
-.PHONY: setup setup-test test test-fast data demo bench clean
+.PHONY: setup setup-test lint format test test-fast data demo bench clean
 
 setup: $(VENV)/.runtime
 
@@ -29,7 +30,15 @@ $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
 	$(PIP) install -r requirements-test.txt
 	touch $@
 
-test: setup-test
+lint: setup-test
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+format: setup-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu ALFWORLD_ARCHIVE=$(ALFWORLD_ARCHIVE) $(PY) -m pytest -x -q
 
 test-fast: setup-test

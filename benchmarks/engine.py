@@ -82,7 +82,7 @@ def make_checkpoint(shape: str, out_dir: str):
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
   model.save_pretrained(out_dir)
-  del model
+  model = None  # frees the weights before the next measurement
   gc.collect()
 
 
@@ -147,7 +147,7 @@ def bench_transformers(model_dir: str, vocab: int, dtype: str, repeats: int):
   with PeakRss() as mem_gen:
     t_gen, out = timed(generate, repeats)
   new_tokens = int((out[:, PROMPT:] != 0).sum())
-  del model
+  model = None  # frees the weights before the next measurement
   gc.collect()
   return dict(score_tps=BATCH * (PROMPT + RESPONSE) / t_score, score_mem=mem_score.peak - base,
               gen_tps=new_tokens / t_gen, gen_mem=mem_gen.peak - base)

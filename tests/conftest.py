@@ -53,13 +53,27 @@ def chatml_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory) -> str:
-  """A tiny random Qwen3 policy (HF folder with the tiny tokenizer): the model of the smoke-config runs."""
+def tiny_policy_dir(tmp_path_factory):
+  """`tiny_policy_dir(arch="qwen3", seed=0)`: an HF folder with a tiny random model of that architecture
+  (qwen2 / qwen3 / llama) and the tiny tokenizer, made once per (arch, seed) in the session."""
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
-  out = str(tmp_path_factory.mktemp("tiny_policy"))
-  save_tiny_tokenizer(out)
-  make_hf_model("qwen3", out, seed=0)
-  return out
+  made: dict[tuple[str, int], str] = {}
+
+  def make(arch: str = "qwen3", seed: int = 0) -> str:
+    if (arch, seed) not in made:
+      out = str(tmp_path_factory.mktemp(f"tiny_{arch}_{seed}"))
+      save_tiny_tokenizer(out)
+      make_hf_model(arch, out, seed=seed)
+      made[arch, seed] = out
+    return made[arch, seed]
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def model_dir(tiny_policy_dir) -> str:
+  """The tiny random Qwen3 policy of the smoke-config runs."""
+  return tiny_policy_dir("qwen3", 0)
 
 
 @pytest.fixture(scope="session")

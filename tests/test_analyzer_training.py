@@ -13,7 +13,6 @@ import pytest
 from flax import nnx
 
 from fault_server import FaultServer
-from hf_fixtures import make_hf_model, save_tiny_tokenizer
 from opid_jax.agent import rollout
 from opid_jax.envs import counting
 from opid_jax.envs.pool import EnvPool
@@ -32,11 +31,8 @@ SENTINEL = "sk-opid-sentinel-8c1f0e"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("policy"))
-  save_tiny_tokenizer(out)
-  make_hf_model("llama", out, seed=6)
-  return out
+def model_dir(tiny_policy_dir):
+  return tiny_policy_dir("llama", 6)
 
 
 def test_one_iteration_through_faults(model_dir, monkeypatch):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_fixtures import hf_logits, make_hf_model, save_tiny_tokenizer
+from hf_fixtures import hf_logits
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.model import loading, tokenizer as tok
 
@@ -21,11 +21,8 @@ def run_tool(*args):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("qwen3_cli"))
-  save_tiny_tokenizer(out)
-  make_hf_model("qwen3", out, seed=2)
-  return out
+def model_dir(tiny_policy_dir):
+  return tiny_policy_dir("qwen3", 2)
 
 
 def test_generate_prints_the_greedy_continuation(model_dir):

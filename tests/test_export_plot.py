@@ -11,7 +11,7 @@ import torch
 import transformers
 from flax import nnx
 
-from hf_fixtures import hf_logits, make_hf_model, random_prompt, save_tiny_tokenizer
+from hf_fixtures import hf_logits, random_prompt
 from opid_jax.checkpoint import run_files
 from opid_jax.model import decoder, loading
 
@@ -20,15 +20,10 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-  base = tmp_path_factory.mktemp("export")
-  model_dir = str(base / "model")
-  save_tiny_tokenizer(model_dir)
-  make_hf_model("qwen2", model_dir, seed=5)
-  workdir = str(base / "run")
-  res = subprocess.run([sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-                        f"--config.model.path={model_dir}", "--config.optim.lr=0.01"],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+def trained_run(tmp_path_factory, tiny_policy_dir, train_cmd):
+  model_dir = tiny_policy_dir("qwen2", 5)
+  workdir = str(tmp_path_factory.mktemp("export") / "run")
+  res = subprocess.run(train_cmd(workdir, f"--config.model.path={model_dir}", "--config.optim.lr=0.01"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return model_dir, workdir
 

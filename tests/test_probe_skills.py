@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from hf_fixtures import make_hf_model, save_tiny_tokenizer
 from opid_jax.skills import probe as skill_probe
 from opid_jax.agent.prompts import HistoryEntry, render_alfworld_prompt, to_chat_text, tokenize_prompt
 from opid_jax.envs import alfworld
@@ -38,11 +37,8 @@ def run_probe(*args):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("qwen3_probe"))
-  save_tiny_tokenizer(out)
-  make_hf_model("qwen3", out, seed=3)
-  return out
+def model_dir(tiny_policy_dir):
+  return tiny_policy_dir("qwen3", 3)
 
 
 @pytest.fixture(scope="module")
