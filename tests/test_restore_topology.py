@@ -17,6 +17,8 @@ from flax import nnx
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
 from opid_jax.model import loading
 
+pytestmark = pytest.mark.slow  # every test trains a run first
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_DEVICE = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 for _name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES"):
@@ -44,13 +46,23 @@ def assert_no_saved_sharding_restore(stderr: str):
   assert "Sharding info not provided" not in stderr and "unsafe" not in stderr, stderr[-3000:]
 
 
+def saved_tree(workdir, step):
+  return ocp.PyTreeCheckpointer().metadata(state_dir(workdir, step)).item_metadata.tree
+
+
+def state_dir(workdir, step) -> str:
+  return os.path.join(workdir, "checkpoints", str(step), "state")
+
+
+def saved_mesh(workdir, step) -> tuple[int, ...]:
+  """The mesh shape (data, fsdp, tensor) the embedding was saved from."""
+  return tuple(int(n) for n in saved_tree(workdir, step)["params"]["embed"]["value"].sharding.shape)
+
+
 def checkpoint_params(workdir, step) -> dict[str, np.ndarray]:
   """The saved parameters as numpy (no shardings involved), keyed like `flat_params`."""
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(path).item_metadata.tree)
-  tree = checkpointer.restore(path, restore_args=as_numpy)["params"]
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved_tree(workdir, step))
+  tree = ocp.PyTreeCheckpointer().restore(state_dir(workdir, step), restore_args=as_numpy)["params"]
   flat = {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   return {k.removesuffix("/value"): v for k, v in flat.items()}
@@ -78,7 +90,7 @@ def run_on_8(model_dir, tmp_path_factory):
   """Two iterations on an fsdp=8 mesh: checkpoints 1 and 2, sharded 8 ways."""
   workdir = str(tmp_path_factory.mktemp("run8") / "run")
   train(model_dir, workdir, EIGHT_DEVICES, *FSDP8)
-  assert os.listdir(os.path.join(workdir, "checkpoints")) and metric_steps(workdir) == [1, 2]
+  assert metric_steps(workdir) == [1, 2] and saved_mesh(workdir, 2) == (1, 8, 1)
   return workdir
 
 
@@ -97,10 +109,10 @@ def resumed_on_one_device(run_on_8, model_dir, tmp_path_factory):
   """The 8-device run resumed on one device: its checkpoint 3 is written by a one-device process."""
   workdir = str(tmp_path_factory.mktemp("resumed1") / "run")
   resume(run_on_8, workdir, model_dir, ONE_DEVICE)
+  assert saved_mesh(workdir, 3) == (1, 1, 1)
   return workdir
 
 
-@pytest.mark.slow
 def test_run_trained_on_8_devices_evaluates_and_exports_on_one(run_on_8, model_dir, tmp_path):
   res = run(["-m", "opid_jax.evaluate", "--config=configs/smoke.py", f"--workdir={run_on_8}",
              f"--config.model.path={model_dir}", "--num_tasks=2"], ONE_DEVICE)
@@ -137,7 +149,6 @@ def test_restored_params_are_the_models_state(run_on_8, model_dir):
     np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
-@pytest.mark.slow
 def test_one_device_checkpoint_restores_onto_an_8_device_mesh(resumed_on_one_device, model_dir):
   script = textwrap.dedent("""
       import sys
@@ -176,12 +187,11 @@ def test_one_device_checkpoint_restores_onto_an_8_device_mesh(resumed_on_one_dev
     np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
-@pytest.mark.slow
 def test_resume_on_one_device(resumed_on_one_device):
   assert metric_steps(resumed_on_one_device) == [1, 2, 3]  # the fixture's checks: resumed, finished
 
 
-@pytest.mark.slow
 def test_resume_on_another_mesh_shape(run_on_8, model_dir, tmp_path):
-  resume(run_on_8, str(tmp_path / "run"), model_dir, EIGHT_DEVICES, "--config.mesh.data=2", "--config.mesh.fsdp=4",
-         *EIGHT_WAY)
+  workdir = str(tmp_path / "run")
+  resume(run_on_8, workdir, model_dir, EIGHT_DEVICES, "--config.mesh.data=2", "--config.mesh.fsdp=4", *EIGHT_WAY)
+  assert saved_mesh(workdir, 3) == (2, 4, 1)

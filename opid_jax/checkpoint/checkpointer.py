@@ -109,7 +109,8 @@ class Checkpointer:
     args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                                   partial_restore=True)
     try:
-      restored = ocp.PyTreeCheckpointer().restore(self._directory / str(step) / _STATE, args=args)
+      with ocp.PyTreeCheckpointer() as reader:
+        restored = reader.restore(self._directory / str(step) / _STATE, args=args)
     except (ValueError, KeyError) as e:
       problem = self._describe_mismatch(step, {"params": params}) or " ".join(str(e).split())[:400]
       raise UserError(f"checkpoint {self._directory / str(step)} does not fit the model: {problem}") from e

@@ -52,7 +52,8 @@ class Bm25Index:
   """bm25s over the passages; English stopwords, no stemming."""
 
   def __init__(self, documents: list[dict[str, Any]]):
-    import bm25s
+    from opid_jax.envs.bm25 import import_bm25s
+    bm25s = import_bm25s()
     self._bm25s = bm25s
     self.documents = documents
     self._retriever = bm25s.BM25()

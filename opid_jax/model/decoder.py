@@ -198,9 +198,11 @@ class Block(nnx.Module):
     self.mlp = MLP(cfg, rngs)
 
   def __call__(self, x, cos, sin, kv_valid, cache, cache_index):
-    attn_out, cache = self.attn(self.attn_norm(x), cos, sin, kv_valid, cache, cache_index)
-    x = x + attn_out
-    x = x + self.mlp(self.mlp_norm(x))
+    with jax.named_scope("attention"):
+      attn_out, cache = self.attn(self.attn_norm(x), cos, sin, kv_valid, cache, cache_index)
+      x = x + attn_out
+    with jax.named_scope("mlp"):
+      x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ("batch", "length", "embed")), cache
 
 
@@ -239,15 +241,20 @@ class Decoder(nnx.Module):
     length with one) marks which key slots hold real tokens; queries attend causally by slot.
     """
     dt = jnp.dtype(self.cfg.dtype)
-    x = self.embed[...][tokens].astype(dt)
-    x = constrain(x, ("batch", "length", "embed"))
-    cos, sin = rope_tables(self.cfg, positions)
+    with jax.named_scope("embed"):
+      x = self.embed[...][tokens].astype(dt)
+      x = constrain(x, ("batch", "length", "embed"))
+    with jax.named_scope("rope"):
+      cos, sin = rope_tables(self.cfg, positions)
     run = _run_block_remat if (self.cfg.remat and cache is None) else _run_block
     new_cache = []
     for i, block in enumerate(self.layers):
-      x, layer_cache = run(block, x, cos, sin, kv_valid, None if cache is None else cache[i], cache_index)
+      with jax.named_scope(f"layer_{i}"):
+        x, layer_cache = run(block, x, cos, sin, kv_valid, None if cache is None else cache[i], cache_index)
       new_cache.append(layer_cache)
-    return self.final_norm(x), (new_cache if cache is not None else None)
+    with jax.named_scope("final_norm"):
+      x = self.final_norm(x)
+    return x, (new_cache if cache is not None else None)
 
   def logits(self, hidden) -> jax.Array:
     """Float32 logits for (a few) hidden states; never call this on a whole long batch.
@@ -255,9 +262,10 @@ class Decoder(nnx.Module):
     Tied models contract directly against the (vocab, embed) table: no transposed copy of it is made.
     """
     dt = jnp.dtype(self.cfg.dtype)
-    if self.cfg.tie_word_embeddings:
-      return jnp.einsum("...d,vd->...v", hidden, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
+    with jax.named_scope("logits"):
+      if self.cfg.tie_word_embeddings:
+        return jnp.einsum("...d,vd->...v", hidden, self.embed[...].astype(dt), preferred_element_type=jnp.float32)
+      return jnp.einsum("...d,dv->...v", hidden, self.lm_head[...].astype(dt), preferred_element_type=jnp.float32)
 
 
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=None) -> list[LayerCache]:

@@ -146,18 +146,45 @@ def apply_gradients(state: TrainState, grads, *, tx: optax.GradientTransformatio
 _METRIC_SHAPES: dict = {}  # (graphdef, cfg, micro-batch keys) -> the loss metrics' shapes (traced once)
 
 
+def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  return sharding
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_fn(param_shardings: tuple, param_tree, metric_shapes: tuple, metric_tree):
+  """A jitted maker of the zero accumulator, laid out like the parameters (gradients) and replicated (metrics):
+  made on the devices, so no host scalar is sent and no zero is copied across devices."""
+  def zeros(params):
+    grads = jax.tree.map(jnp.zeros_like, params)
+    return grads, jax.tree.unflatten(metric_tree, [jnp.zeros(s.shape, s.dtype) for s in metric_shapes])
+  replicated = _replicated(param_shardings[0])
+  out_shardings = (jax.tree.unflatten(param_tree, param_shardings),
+                   jax.tree.unflatten(metric_tree, [replicated] * len(metric_shapes)))
+  return jax.jit(zeros, out_shardings=out_shardings)
+
+
 def _zero_accumulator(params, graphdef, micro, cfg: LossConfig):
   key = (graphdef, cfg, tuple(sorted(micro)))
   if key not in _METRIC_SHAPES:
     _METRIC_SHAPES[key] = jax.eval_shape(
         lambda p, m: micro_batch_loss(p, graphdef, m, jnp.float32(1.0), cfg)[1], params, micro)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _METRIC_SHAPES[key])
-  return jax.tree.map(jnp.zeros_like, params), zeros
+  leaves, param_tree = jax.tree.flatten(params)
+  metric_shapes, metric_tree = jax.tree.flatten(_METRIC_SHAPES[key])
+  make = _zeros_fn(tuple(x.sharding for x in leaves), param_tree,
+                   tuple(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in metric_shapes), metric_tree)
+  return make(params)
+
+
+@jax.jit
+def _token_total(masks: tuple):
+  return sum(jnp.sum(m).astype(jnp.float32) for m in masks)
 
 
 def train_step_micro_batches(state: TrainState, micros: Sequence[dict], *, graphdef, tx, cfg: LossConfig):
   """One optimizer step over a mini-batch given as micro-batches that may differ in shape."""
-  token_count = sum(jnp.sum(m["response_mask"]).astype(jnp.float32) for m in micros)
+  token_count = _token_total(tuple(m["response_mask"] for m in micros))
   acc = _zero_accumulator(state.params, graphdef, micros[0], cfg)
   for micro in micros:
     acc = accumulate_micro_batch(acc, state.params, micro, token_count, graphdef=graphdef, cfg=cfg)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-import bm25s
 import numpy as np
 import Stemmer
+
+from opid_jax.envs.bm25 import import_bm25s
 
 BM25_K1 = 0.9
 BM25_B = 0.4
@@ -63,7 +64,7 @@ class ProductIndex:
   def __init__(self, documents: Sequence[str]):
     self.analyzer = Analyzer()
     self.size = len(documents)
-    self._bm25 = bm25s.BM25(k1=BM25_K1, b=BM25_B, method='lucene')
+    self._bm25 = import_bm25s().BM25(k1=BM25_K1, b=BM25_B, method='lucene')
     self._bm25.index([self.analyzer(doc) for doc in documents], show_progress=False)
 
   def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:
