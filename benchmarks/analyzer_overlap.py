@@ -38,15 +38,16 @@ def main():
   import jax
   from fault_server import FaultServer
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
   from opid_jax.agent import rollout
   from opid_jax.envs import counting
   from opid_jax.envs.pool import EnvPool
+  from opid_jax.generation.policy import make_policy
   from opid_jax.generation.sampler import Sampler, SamplingParams
   from opid_jax.model import loading
   from opid_jax.rl import opid_samples
   from opid_jax.rl.scoring import Scorer
   from opid_jax.skills.backends import make_backend
-  from opid_jax.generation.policy import make_policy
 
   model_dir = tempfile.mkdtemp()
   save_tiny_tokenizer(model_dir)
@@ -57,27 +58,50 @@ def main():
   groups = args.trajectories // 4
   with EnvPool(functools.partial(counting.CountingEnv, max_steps=3), num_envs=args.trajectories, num_workers=1) as pool:
     policy = make_policy(sampler, SamplingParams(1.0, max_new_tokens=32), jax.random.PRNGKey(0))
-    trajs = rollout.run_groups(pool, policy, loaded.tokenizer, [str(i) for i in range(groups)], 4,
-                               rollout.alfworld_agent(1, 3), 256)
-  reply = json.dumps({"episode_summary": "s", "episode_skill": "say the next number",
-                      "step_skills": {"0": "say the number after the current one"}})
+    trajs = rollout.run_groups(
+      pool, policy, loaded.tokenizer, [str(i) for i in range(groups)], 4, rollout.alfworld_agent(1, 3), 256
+    )
+  reply = json.dumps(
+    {
+      "episode_summary": "s",
+      "episode_skill": "say the next number",
+      "step_skills": {"0": "say the number after the current one"},
+    }
+  )
   score = lambda p, r, params: scorer.score(p, r, params=params).logprobs
   settings = opid_samples.OpidSettings(lambda_skill=0.01)
-  opid_samples.build_samples(trajs, score=score, params=scorer.params, ref_params=None, tokenizer=loaded.tokenizer,
-                             settings=settings, analysis_handle=make_backend("expert").analyze_many_async(trajs))
+  opid_samples.build_samples(
+    trajs,
+    score=score,
+    params=scorer.params,
+    ref_params=None,
+    tokenizer=loaded.tokenizer,
+    settings=settings,
+    analysis_handle=make_backend("expert").analyze_many_async(trajs),
+  )
   with FaultServer(default="slow", reply=reply, delay_s=args.delay) as server:
-    backend = make_backend("openai", base_url=server.base_url, model="m", concurrency=args.concurrency,
-                           timeout_s=args.delay * 10)
+    backend = make_backend(
+      "openai", base_url=server.base_url, model="m", concurrency=args.concurrency, timeout_s=args.delay * 10
+    )
     start = time.perf_counter()
     handle = TimedHandle(backend.analyze_many_async(trajs))
-    opid_samples.build_samples(trajs, score=score, params=scorer.params, ref_params=None,
-                               tokenizer=loaded.tokenizer, settings=settings, analysis_handle=handle)
+    opid_samples.build_samples(
+      trajs,
+      score=score,
+      params=scorer.params,
+      ref_params=None,
+      tokenizer=loaded.tokenizer,
+      settings=settings,
+      analysis_handle=handle,
+    )
     total = time.perf_counter() - start
     backend.close()
   analyzer = handle.stats.seconds
   print(f"{len(trajs)} trajectories, analyzer delay {args.delay} s per call, concurrency {args.concurrency}")
-  print(f"  analyzer wall time {analyzer:.2f} s; scoring phase total {total:.2f} s; waited for the analyzer "
-        f"{handle.waited:.2f} s")
+  print(
+    f"  analyzer wall time {analyzer:.2f} s; scoring phase total {total:.2f} s; waited for the analyzer "
+    f"{handle.waited:.2f} s"
+  )
   print(f"  share of analyzer time hidden behind scoring: {100 * (analyzer - handle.waited) / analyzer:.0f} %")
 
 

@@ -35,21 +35,20 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT_DIR)
 
 import study_store  # noqa: E402
+
 from configs import alfworld_small  # noqa: E402
 from opid_jax.training import curves  # noqa: E402
 
 VARIANTS = {  # name -> config overrides on top of the tuned settings
-    "grpo": {"opid.lambda_skill": 0.0},
-    "opid": {"opid.routing": "critical_first"},
-    "episode_only": {"opid.routing": "episode_only"},
-    "step_only": {"opid.routing": "step_only"},
-    "superimpose": {"opid.routing": "superimpose"},
+  "grpo": {"opid.lambda_skill": 0.0},
+  "opid": {"opid.routing": "critical_first"},
+  "episode_only": {"opid.routing": "episode_only"},
+  "step_only": {"opid.routing": "step_only"},
+  "superimpose": {"opid.routing": "superimpose"},
 }
 SPLITS = ("valid_seen", "valid_unseen")
 TUNE_LAMBDAS = (0.01, 0.1)
@@ -60,16 +59,39 @@ RL_ITERATIONS = alfworld_small.get_config().train.steps  # a tuning run of N ite
 SFT_CONFIG = "configs/sft_alfworld_small.py"
 
 # The short version: a tiny policy, one RL iteration, a few games per split (minutes; for CI).
-SHORT_SFT = {"small_policy.vocab_size": 400, "small_policy.hidden_size": 32, "small_policy.num_layers": 1,
-             "small_policy.num_heads": 2, "small_policy.num_kv_heads": 1, "small_policy.head_dim": 16,
-             "small_policy.intermediate_size": 64, "data.num_games": 4, "data.heldout_games": 1,
-             "data.max_prompt_tokens": 2048, "train.steps": 2, "train.batch_size": 4, "train.micro_batch_size": 2,
-             "train.eval_every": 2, "train.prompt_buckets": "(512,1024,2048)", "train.response_buckets": "(32,64)",
-             "checkpoint.async_save": False}
-SHORT_RL = {"rollout.tasks_per_batch": 1, "rollout.group_size": 2, "rollout.max_steps": 2,
-            "rollout.max_prompt_tokens": 2048, "train.steps": 1, "train.eval_every": 1, "train.eval_tasks": 2,
-            "train.prompt_buckets": "(512,1024,2048)", "ppo.mini_batch_size": 8, "ppo.micro_batch_size": 4,
-            "train.score_micro_batch": 4, "checkpoint.async_save": False}
+SHORT_SFT = {
+  "small_policy.vocab_size": 400,
+  "small_policy.hidden_size": 32,
+  "small_policy.num_layers": 1,
+  "small_policy.num_heads": 2,
+  "small_policy.num_kv_heads": 1,
+  "small_policy.head_dim": 16,
+  "small_policy.intermediate_size": 64,
+  "data.num_games": 4,
+  "data.heldout_games": 1,
+  "data.max_prompt_tokens": 2048,
+  "train.steps": 2,
+  "train.batch_size": 4,
+  "train.micro_batch_size": 2,
+  "train.eval_every": 2,
+  "train.prompt_buckets": "(512,1024,2048)",
+  "train.response_buckets": "(32,64)",
+  "checkpoint.async_save": False,
+}
+SHORT_RL = {
+  "rollout.tasks_per_batch": 1,
+  "rollout.group_size": 2,
+  "rollout.max_steps": 2,
+  "rollout.max_prompt_tokens": 2048,
+  "train.steps": 1,
+  "train.eval_every": 1,
+  "train.eval_tasks": 2,
+  "train.prompt_buckets": "(512,1024,2048)",
+  "ppo.mini_batch_size": 8,
+  "ppo.micro_batch_size": 4,
+  "train.score_micro_batch": 4,
+  "checkpoint.async_save": False,
+}
 
 
 def run_piece(variant: str, seed: int) -> str:
@@ -91,8 +113,15 @@ def _stop_gracefully(signum, frame) -> None:
     _CHILD["process"].send_signal(signal.SIGTERM)
 
 
-def run_module(module: str, config: str, workdir: str, overrides: dict, extra: list[str] = (),
-               until: datetime.datetime | None = None, minutes: float = 0.0) -> float:
+def run_module(
+  module: str,
+  config: str,
+  workdir: str,
+  overrides: dict,
+  extra: list[str] = (),
+  until: datetime.datetime | None = None,
+  minutes: float = 0.0,
+) -> float:
   """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt. With `until`,
   a piece estimated to take `minutes` is not started when it would end after that time."""
   if _CHILD["stop_requested"]:  # the stop came between two pieces: start nothing
@@ -100,8 +129,15 @@ def run_module(module: str, config: str, workdir: str, overrides: dict, extra: l
   if until is not None and datetime.datetime.now() + datetime.timedelta(minutes=minutes) > until:
     raise SystemExit(f"stopped: {workdir} (~{minutes:g} min) would not finish by --until={until.isoformat()}")
   os.makedirs(workdir, exist_ok=True)
-  cmd = [sys.executable, "-m", module, f"--config={config}", f"--workdir={workdir}", *overrides_to_flags(overrides),
-         *extra]
+  cmd = [
+    sys.executable,
+    "-m",
+    module,
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *overrides_to_flags(overrides),
+    *extra,
+  ]
   start = time.time()
   with open(os.path.join(workdir, "log.txt"), "a") as log:
     log.write("$ " + " ".join(cmd) + "\n")
@@ -124,7 +160,6 @@ def require_finished(workdir: str) -> None:
 
 
 class Study:
-
   def __init__(self, args):
     self.args = args
     self.root = os.path.abspath(args.root)
@@ -135,8 +170,9 @@ class Study:
     for piece in study_store.restore(self.store, self.root):
       print(f"restored {piece} from {self.store}", flush=True)
 
-  def run(self, module: str, config: str, piece: str, overrides: dict, extra: list[str] = (),
-          minutes: float = 0.0) -> float:
+  def run(
+    self, module: str, config: str, piece: str, overrides: dict, extra: list[str] = (), minutes: float = 0.0
+  ) -> float:
     """One piece of the study in ROOT/piece (see run_module)."""
     return run_module(module, config, os.path.join(self.root, piece), overrides, extra, self.args.until, minutes)
 
@@ -163,26 +199,47 @@ class Study:
     for steps in phases:
       if os.path.exists(summary) and json.load(open(summary))["steps"] >= steps:
         continue
-      overrides = {"data.data_dir": self.args.data_dir, "data.split": self.args.sft_split,
-                   "data.cache": os.path.join(self.root, "sft", "expert_steps.jsonl"),
-                   **(SHORT_SFT if self.short else {}), "train.steps": steps}
+      overrides = {
+        "data.data_dir": self.args.data_dir,
+        "data.split": self.args.sft_split,
+        "data.cache": os.path.join(self.root, "sft", "expert_steps.jsonl"),
+        **(SHORT_SFT if self.short else {}),
+        "train.steps": steps,
+      }
       seconds = self.run("opid_jax.sft", SFT_CONFIG, "sft", overrides)
       print(f"sft to step {steps}: {seconds:.0f} s", flush=True)
     self.record("sft")
 
   def rl_overrides(self, seed: int, lr: float, lam: float) -> dict:
-    return {**self.data, "model.path": self.policy, "train.seed": seed,
-            "optim.lr": lr, "opid.lambda_skill": lam, **(SHORT_RL if self.short else {})}
+    return {
+      **self.data,
+      "model.path": self.policy,
+      "train.seed": seed,
+      "optim.lr": lr,
+      "opid.lambda_skill": lam,
+      **(SHORT_RL if self.short else {}),
+    }
 
   def _tune_run(self, variant: str, lr: float, lam: float, run_missing: bool) -> str:
     name = f"{variant}_lr{lr:g}_lam{lam:g}"
     workdir = self.tune_dir(name)
     if run_missing and not os.path.exists(os.path.join(workdir, "summary.md")):
-      overrides = {**self.rl_overrides(0, lr, lam), **VARIANTS[variant], "opid.lambda_skill": lam,
-                   "env.eval_split": "valid_train", "train.steps": self.args.tune_steps,
-                   "train.eval_every": self.args.tune_steps, "train.eval_tasks": self.args.tune_eval_tasks}
-      seconds = self.run("opid_jax.train", RL_CONFIG, os.path.join("tune", name), overrides,
-                         minutes=self.args.run_minutes * self.args.tune_steps / RL_ITERATIONS)
+      overrides = {
+        **self.rl_overrides(0, lr, lam),
+        **VARIANTS[variant],
+        "opid.lambda_skill": lam,
+        "env.eval_split": "valid_train",
+        "train.steps": self.args.tune_steps,
+        "train.eval_every": self.args.tune_steps,
+        "train.eval_tasks": self.args.tune_eval_tasks,
+      }
+      seconds = self.run(
+        "opid_jax.train",
+        RL_CONFIG,
+        os.path.join("tune", name),
+        overrides,
+        minutes=self.args.run_minutes * self.args.tune_steps / RL_ITERATIONS,
+      )
       require_finished(workdir)
       self.record(os.path.join("tune", name))
       print(f"tune {name}: {seconds:.0f} s", flush=True)
@@ -219,6 +276,7 @@ class Study:
     """The skill-signal probe on the random initial policy, the SFT policy and, as a reference instruct model,
     SmolLM2-135M-Instruct when its GGUF is installed (ROOT/probe_<name>.json)."""
     from configs.demo import smollm2_gguf
+
     models = {name: os.path.join(self.root, "sft", name) for name in ("init_policy", "policy")}
     reference = "" if self.short else smollm2_gguf()
     if reference:
@@ -227,9 +285,16 @@ class Study:
       out = os.path.join(self.root, f"probe_{name}.json")
       if os.path.exists(out):
         continue
-      cmd = [sys.executable, "-m", "opid_jax.probe_skills", f"--model={model}",
-             f"--games={self.args.data_dir}", f"--n={2 if self.short else self.args.probe_games}",
-             "--split=valid_seen", f"--json={out}"]
+      cmd = [
+        sys.executable,
+        "-m",
+        "opid_jax.probe_skills",
+        f"--model={model}",
+        f"--games={self.args.data_dir}",
+        f"--n={2 if self.short else self.args.probe_games}",
+        "--split=valid_seen",
+        f"--json={out}",
+      ]
       done = subprocess.run(cmd, cwd=ROOT_DIR, capture_output=True, text=True)
       if done.returncode != 0:
         raise SystemExit(f"error: probe_skills failed on {name}: {done.stderr.strip().splitlines()[-1:]}")
@@ -242,8 +307,14 @@ class Study:
       return
     overrides = {**self.data, "model.path": self.policy, **(SHORT_RL if self.short else {})}
     num_tasks = SHORT_RL["train.eval_tasks"] if self.short else 0
-    seconds = self.run("opid_jax.evaluate", RL_CONFIG, "initial", overrides, [f"--num_tasks={num_tasks}"],
-                       minutes=self.args.run_minutes / 2)
+    seconds = self.run(
+      "opid_jax.evaluate",
+      RL_CONFIG,
+      "initial",
+      overrides,
+      [f"--num_tasks={num_tasks}"],
+      minutes=self.args.run_minutes / 2,
+    )
     name = "eval_" + "+".join(SPLITS)
     os.replace(os.path.join(workdir, name + ".json"), os.path.join(workdir, "eval.json"))
     self.record("initial")
@@ -257,14 +328,16 @@ class Study:
         if os.path.exists(os.path.join(workdir, "summary.md")):
           continue
         overrides = {**self.rl_overrides(seed, lr, lam), **VARIANTS[variant]}
-        seconds = self.run("opid_jax.train", RL_CONFIG, run_piece(variant, seed), overrides,
-                           minutes=self.args.run_minutes)
+        seconds = self.run(
+          "opid_jax.train", RL_CONFIG, run_piece(variant, seed), overrides, minutes=self.args.run_minutes
+        )
         require_finished(workdir)
         self.record(run_piece(variant, seed))
         print(f"run {variant} seed {seed}: {seconds:.0f} s", flush=True)
 
   def report(self) -> str:
     from study_report import write_report
+
     lr, lam, tune_scores = self.tuned(run_missing=False)
     return write_report(self, lr, lam, tune_scores)
 
@@ -282,13 +355,20 @@ def parse_args(argv=None):
   p.add_argument("--tune_steps", type=int, default=6)
   p.add_argument("--tune_eval_tasks", type=int, default=50)
   p.add_argument("--report", default="results/cpu_study.md")
-  p.add_argument("--store", default=None,
-                 help="folder of the finished pieces' records, restored into ROOT first (default results/cpu_study; "
-                      "none with --short); '' for none")
+  p.add_argument(
+    "--store",
+    default=None,
+    help="folder of the finished pieces' records, restored into ROOT first (default results/cpu_study; "
+    "none with --short); '' for none",
+  )
   p.add_argument("--until", default="", help="local ISO time (2026-12-01T22:00): start no piece that would end later")
-  p.add_argument("--run_minutes", type=float, default=35.0,
-                 help="estimated minutes of one RL run with its evaluation (tuning runs and the initial "
-                      "evaluation are estimated from it)")
+  p.add_argument(
+    "--run_minutes",
+    type=float,
+    default=35.0,
+    help="estimated minutes of one RL run with its evaluation (tuning runs and the initial "
+    "evaluation are estimated from it)",
+  )
   p.add_argument("--short", action="store_true", help="a few-minute version: tiny policy, one iteration (CI)")
   args = p.parse_args(argv)
   args.variants = [v for v in args.variants.split(",") if v]

@@ -19,10 +19,24 @@ import threading
 import time
 
 SHAPES = {
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=768, vocab_size=8192, tie_word_embeddings=False),
-    "qwen2.5-0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                         intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True),
+  "tiny": dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=768,
+    vocab_size=8192,
+    tie_word_embeddings=False,
+  ),
+  "qwen2.5-0.5b": dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+  ),
 }
 BATCH, PROMPT, RESPONSE, NEW_TOKENS = 8, 256, 256, 64
 # Rows per scoring micro-batch: on the 0.5B shape 2 is as fast as 8 with a quarter of the activation memory;
@@ -36,6 +50,7 @@ def release_freed_memory() -> None:
   gc.collect()
   try:
     import ctypes
+
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
     pass
@@ -77,6 +92,7 @@ def timed(fn, repeats=1):
 def make_checkpoint(shape: str, out_dir: str):
   import torch
   import transformers
+
   cfg = transformers.Qwen2Config(**SHAPES[shape], max_position_embeddings=4096, rms_norm_eps=1e-6)
   cfg.rope_parameters = {"rope_type": "default", "rope_theta": 1e6}
   torch.manual_seed(0)
@@ -88,6 +104,7 @@ def make_checkpoint(shape: str, out_dir: str):
 
 def inputs(vocab: int):
   import numpy as np
+
   rng = np.random.RandomState(0)
   prompts = rng.randint(10, vocab, size=(BATCH, PROMPT)).tolist()
   responses = rng.randint(10, vocab, size=(BATCH, RESPONSE)).tolist()
@@ -96,9 +113,11 @@ def inputs(vocab: int):
 
 def bench_ours(model_dir: str, vocab: int, dtype: str, repeats: int, micro_batch: int):
   import jax
+
   from opid_jax.generation.sampler import Sampler, SamplingParams
   from opid_jax.model import hf_io
   from opid_jax.rl.scoring import Scorer
+
   prompts, responses = inputs(vocab)
   release_freed_memory()
   base = rss_bytes()
@@ -114,13 +133,19 @@ def bench_ours(model_dir: str, vocab: int, dtype: str, repeats: int, micro_batch
   with PeakRss() as mem_gen:
     t_gen, out = timed(lambda: sampler.generate(prompts, params, key=jax.random.PRNGKey(1)), repeats)
   new_tokens = sum(len(t) for t in out.tokens)
-  return dict(score_tps=BATCH * (PROMPT + RESPONSE) / t_score, score_mem=mem_score.peak - base,
-              gen_tps=new_tokens / t_gen, gen_mem=mem_gen.peak - base, score_compile_s=t_compile)
+  return dict(
+    score_tps=BATCH * (PROMPT + RESPONSE) / t_score,
+    score_mem=mem_score.peak - base,
+    gen_tps=new_tokens / t_gen,
+    gen_mem=mem_gen.peak - base,
+    score_compile_s=t_compile,
+  )
 
 
 def bench_transformers(model_dir: str, vocab: int, dtype: str, repeats: int):
   import torch
   import transformers
+
   prompts, responses = inputs(vocab)
   release_freed_memory()
   base = rss_bytes()
@@ -131,7 +156,7 @@ def bench_transformers(model_dir: str, vocab: int, dtype: str, repeats: int):
 
   def score():
     with torch.no_grad():
-      logits = model(ids).logits[:, PROMPT - 1:-1].float()
+      logits = model(ids).logits[:, PROMPT - 1 : -1].float()
       return torch.log_softmax(logits, -1).gather(-1, targets[..., None])[..., 0]
 
   with PeakRss() as mem_score:
@@ -140,25 +165,42 @@ def bench_transformers(model_dir: str, vocab: int, dtype: str, repeats: int):
 
   def generate():
     with torch.no_grad():
-      return model.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True,
-                            temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=NEW_TOKENS,
-                            eos_token_id=vocab - 1, pad_token_id=0)
+      return model.generate(
+        prompt_ids,
+        attention_mask=torch.ones_like(prompt_ids),
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=NEW_TOKENS,
+        eos_token_id=vocab - 1,
+        pad_token_id=0,
+      )
 
   with PeakRss() as mem_gen:
     t_gen, out = timed(generate, repeats)
   new_tokens = int((out[:, PROMPT:] != 0).sum())
   model = None  # frees the weights before the next measurement
   gc.collect()
-  return dict(score_tps=BATCH * (PROMPT + RESPONSE) / t_score, score_mem=mem_score.peak - base,
-              gen_tps=new_tokens / t_gen, gen_mem=mem_gen.peak - base)
+  return dict(
+    score_tps=BATCH * (PROMPT + RESPONSE) / t_score,
+    score_mem=mem_score.peak - base,
+    gen_tps=new_tokens / t_gen,
+    gen_mem=mem_gen.peak - base,
+  )
 
 
 def scoring_flops(shape: str) -> float:
   """Model FLOPs the scoring workload needs: every layer on all tokens, causal attention, and the vocabulary
   projection on the response positions only (what any scorer must compute)."""
   c = SHAPES[shape]
-  d, f, layers, heads, kv = (c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"],
-                             c["num_attention_heads"], c["num_key_value_heads"])
+  d, f, layers, heads, kv = (
+    c["hidden_size"],
+    c["intermediate_size"],
+    c["num_hidden_layers"],
+    c["num_attention_heads"],
+    c["num_key_value_heads"],
+  )
   head_dim = d // heads
   layer_params = d * head_dim * (2 * heads + 2 * kv) + 3 * d * f
   length = PROMPT + RESPONSE
@@ -173,6 +215,7 @@ def gemm_gflops(shape: str, repeats: int = 5) -> tuple[float, float]:
   import jax.numpy as jnp
   import numpy as np
   import torch
+
   c = SHAPES[shape]
   m, k, n = BATCH * (PROMPT + RESPONSE), c["hidden_size"], c["intermediate_size"]
   a, b = np.random.rand(m, k).astype(np.float32), np.random.rand(k, n).astype(np.float32)
@@ -192,8 +235,9 @@ def main():
   parser.add_argument("--repeats", type=int, default=1)
   args = parser.parse_args()
   import torch
+
   torch.set_num_threads(args.threads)
-  gb = 1024 ** 3
+  gb = 1024**3
   rows = []
   for shape in args.shapes.split(","):
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,10 +247,14 @@ def main():
       ours = bench_ours(tmp, vocab, args.dtype, args.repeats, SCORE_MICRO_BATCH[shape])
     rows.append((shape, ours, ref))
     print(f"[{shape}] ours {ours}\n[{shape}] transformers {ref}", file=sys.stderr, flush=True)
-  print(f"\nEngine benchmark ({args.dtype}, {args.threads} threads; scoring {BATCH}x{PROMPT + RESPONSE}, "
-        f"generation {BATCH} x ({PROMPT} + {NEW_TOKENS}))")
-  print(f"{'shape':14} {'workload':10} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>6} "
-        f"{'ours peak GB':>12} {'HF peak GB':>10} {'mem ratio':>9}")
+  print(
+    f"\nEngine benchmark ({args.dtype}, {args.threads} threads; scoring {BATCH}x{PROMPT + RESPONSE}, "
+    f"generation {BATCH} x ({PROMPT} + {NEW_TOKENS}))"
+  )
+  print(
+    f"{'shape':14} {'workload':10} {'ours tok/s':>11} {'HF tok/s':>9} {'ratio':>6} "
+    f"{'ours peak GB':>12} {'HF peak GB':>10} {'mem ratio':>9}"
+  )
   for shape, ours, ref in rows:
     for kind, label in (("score", "scoring"), ("gen", "generation")):
       o, r = ours[f"{kind}_tps"], ref[f"{kind}_tps"]
@@ -216,9 +264,11 @@ def main():
   for shape, ours, ref in rows:
     per_token = scoring_flops(shape) / (BATCH * (PROMPT + RESPONSE))
     jax_gemm, torch_gemm = gemm_gflops(shape)
-    print(f"{shape:14} ours {ours['score_tps'] * per_token / 1e9:6.1f} GFLOP/s, transformers "
-          f"{ref['score_tps'] * per_token / 1e9:6.1f} GFLOP/s; the largest GEMM alone: JAX {jax_gemm:6.1f}, "
-          f"PyTorch {torch_gemm:6.1f} GFLOP/s")
+    print(
+      f"{shape:14} ours {ours['score_tps'] * per_token / 1e9:6.1f} GFLOP/s, transformers "
+      f"{ref['score_tps'] * per_token / 1e9:6.1f} GFLOP/s; the largest GEMM alone: JAX {jax_gemm:6.1f}, "
+      f"PyTorch {torch_gemm:6.1f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,7 @@ def play(pool: EnvPool, resets, plans, steps: int, seed: int, expert: bool) -> d
     if not running:
       break
     order = sorted(running)
-    actions = [(i, plans[i][turn] if expert and turn < len(plans[i]) else rng.choice(admissible[i]))
-               for i in order]
+    actions = [(i, plans[i][turn] if expert and turn < len(plans[i]) else rng.choice(admissible[i])) for i in order]
     started = time.perf_counter()
     results = pool.step(actions)
     batch_times.append(time.perf_counter() - started)
@@ -63,9 +62,13 @@ def play(pool: EnvPool, resets, plans, steps: int, seed: int, expert: bool) -> d
         running.discard(i)
       admissible[i] = result.admissible_actions
   total = sum(batch_times)
-  return {"env_steps": env_steps, "step_batches": len(batch_times), "step_seconds": total,
-          "env_steps_per_s": env_steps / total if total else 0.0,
-          "mean_batch_s": total / max(1, len(batch_times))}
+  return {
+    "env_steps": env_steps,
+    "step_batches": len(batch_times),
+    "step_seconds": total,
+    "env_steps_per_s": env_steps / total if total else 0.0,
+    "mean_batch_s": total / max(1, len(batch_times)),
+  }
 
 
 def group_requests(tasks: list[str], group_size: int) -> list[tuple[int, str]]:
@@ -82,24 +85,30 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--policy", choices=("random", "expert"), default="random")
-  parser.add_argument("--plain_textworld", action="store_true",
-                      help="without AlfworldEnv's memoized translation and grammar parsing")
-  parser.add_argument("--envs_per_block", type=int, default=None,
-                      help="consecutive envs per worker block (default: the group size)")
+  parser.add_argument(
+    "--plain_textworld", action="store_true", help="without AlfworldEnv's memoized translation and grammar parsing"
+  )
+  parser.add_argument(
+    "--envs_per_block", type=int, default=None, help="consecutive envs per worker block (default: the group size)"
+  )
   args = parser.parse_args()
 
   stream = TaskStream(list_games(args.data_dir, args.split), seed=args.seed)
   requests = group_requests(stream.next_tasks(args.groups), args.group_size)
   next_requests = group_requests(stream.next_tasks(args.groups), args.group_size)
   block = args.envs_per_block or args.group_size
-  report = {"envs": len(requests), "workers": args.workers, "envs_per_block": block,
-            "split": args.split, "policy": args.policy, "cpus": os.cpu_count(),
-            "memoized_textworld": not args.plain_textworld}
+  report = {
+    "envs": len(requests),
+    "workers": args.workers,
+    "envs_per_block": block,
+    "split": args.split,
+    "policy": args.policy,
+    "cpus": os.cpu_count(),
+    "memoized_textworld": not args.plain_textworld,
+  }
   started = time.perf_counter()
-  factory = functools.partial(AlfworldEnv, args.data_dir,
-                              memoize_textworld=not args.plain_textworld)
-  with EnvPool(factory, num_envs=len(requests),
-               num_workers=args.workers, envs_per_block=block) as pool:
+  factory = functools.partial(AlfworldEnv, args.data_dir, memoize_textworld=not args.plain_textworld)
+  with EnvPool(factory, num_envs=len(requests), num_workers=args.workers, envs_per_block=block) as pool:
     report["pool_start_s"] = time.perf_counter() - started
     pids = pool.worker_pids()
     started, cpu = time.perf_counter(), cpu_seconds(pids)

@@ -1,6 +1,6 @@
 """`serve` throughput: 32 concurrent clients versus one client at a time, on a tiny random model.
 
-  python benchmarks/serve.py [--requests=64] [--clients=32] [--max_tokens=32]
+python benchmarks/serve.py [--requests=64] [--clients=32] [--max_tokens=32]
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ sys.path[:0] = [_ROOT, os.path.join(_ROOT, "tests")]
 
 def run_clients(url: str, requests: int, clients: int, max_tokens: int) -> tuple[float, int]:
   import httpx
-  body = {"messages": [{"role": "user", "content": "You are in a room. Your task is to: put a mug in the sink."}],
-          "max_tokens": max_tokens, "temperature": 1.0}
+
+  body = {
+    "messages": [{"role": "user", "content": "You are in a room. Your task is to: put a mug in the sink."}],
+    "max_tokens": max_tokens,
+    "temperature": 1.0,
+  }
   tokens = [0] * requests
   next_index = [0]
   lock = threading.Lock()
@@ -50,7 +54,9 @@ def main():
   parser.add_argument("--max_tokens", type=int, default=32)
   args = parser.parse_args()
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
   from opid_jax.generation.server import build_server
+
   model_dir = tempfile.mkdtemp()
   save_tiny_tokenizer(model_dir)
   make_hf_model("qwen3", model_dir, hidden_size=256, num_hidden_layers=4, intermediate_size=768)
@@ -60,6 +66,7 @@ def main():
   # Warm-up: compile every batch bucket the measurement can meet, so it times serving, not compilation.
   from opid_jax.generation.sampler import SamplingParams
   from opid_jax.model import tokenizer as tok
+
   prompt = tok.encode(batcher.tokenizer, tok.chat_prompt(batcher.tokenizer, [{"role": "user", "content": "hi"}]))
   bucket = 1 << (args.max_tokens - 1).bit_length()
   for size in (b for b in batcher.sampler.batch_buckets if b <= args.clients):
@@ -68,8 +75,10 @@ def main():
   print(f"serve throughput, tiny model (hidden 256, 4 layers), {args.requests} requests, max_tokens {args.max_tokens}")
   for clients in (1, args.clients):
     seconds, tokens = run_clients(url, args.requests, clients, args.max_tokens)
-    print(f"  {clients:3d} client(s): {args.requests / seconds:7.2f} requests/s  {tokens / seconds:8.1f} tokens/s  "
-          f"({seconds:.1f} s)")
+    print(
+      f"  {clients:3d} client(s): {args.requests / seconds:7.2f} requests/s  {tokens / seconds:8.1f} tokens/s  "
+      f"({seconds:.1f} s)"
+    )
   print(f"  batches: {batcher.batches} for {batcher.requests} requests")
   httpd.shutdown()
   batcher.close()

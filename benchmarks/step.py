@@ -19,10 +19,22 @@ _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [_ROOT, os.path.join(_ROOT, "tests")]
 
 SHAPES = {
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=768, vocab_size=8192),
-    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                  intermediate_size=1536, vocab_size=8192),
+  "tiny": dict(
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=768,
+    vocab_size=8192,
+  ),
+  "small": dict(
+    hidden_size=512,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    intermediate_size=1536,
+    vocab_size=8192,
+  ),
 }
 
 
@@ -43,11 +55,11 @@ def main():
   parser.add_argument("--tasks", type=int, default=4)
   parser.add_argument("--group", type=int, default=4)
   args = parser.parse_args()
-  import transformers
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
   from configs import smoke
-  from opid_jax.training import rl_trainer
   from opid_jax.model.config import ModelConfig
+  from opid_jax.training import rl_trainer
 
   tmp = tempfile.mkdtemp()
   model_dir = os.path.join(tmp, "model")
@@ -68,12 +80,16 @@ def main():
   fpt = flops_per_token(cfg, avg_len / 2)
   score_flops = last["scored_tokens"] * fpt
   update_flops = 3 * last["sample_tokens"] * fpt
-  print(f"\nOPID iteration, {args.shape} shape ({cfg.num_params() / 1e6:.1f} M params), {args.tasks} tasks x "
-        f"{args.group} rollouts, {samples} step samples, {last['sample_tokens']} tokens")
+  print(
+    f"\nOPID iteration, {args.shape} shape ({cfg.num_params() / 1e6:.1f} M params), {args.tasks} tasks x "
+    f"{args.group} rollouts, {samples} step samples, {last['sample_tokens']} tokens"
+  )
   for phase in ("rollout", "score", "update", "checkpoint"):
     print(f"  {phase:10} {last.get('time/' + phase, 0):7.2f} s")
   print(f"  {'total':10} {last['time/step']:7.2f} s")
-  print(f"  scoring: {last['scored_tokens']} tokens over all passes, {score_flops / last['time/score'] / 1e9:.1f} GFLOP/s")
+  print(
+    f"  scoring: {last['scored_tokens']} tokens over all passes, {score_flops / last['time/score'] / 1e9:.1f} GFLOP/s"
+  )
   print(f"  update:  {update_flops / last['time/update'] / 1e9:.1f} GFLOP/s (forward + backward)")
 
 

@@ -18,15 +18,32 @@ from configs import base
 def get_config():
   c = base.get_config()
   c.model.update(path="runs/cpu_study/sft/policy", dtype="float32", param_dtype="float32", remat=False)
-  c.rollout.update(tasks_per_batch=4, group_size=4, max_steps=20, history_window=1, max_new_tokens=32,
-                   max_prompt_tokens=1024, truncation_side="left", temperature=0.7, eval_temperature=0.0)
-  c.env.update(name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_seen,valid_unseen",
-               num_workers=2)
+  c.rollout.update(
+    tasks_per_batch=4,
+    group_size=4,
+    max_steps=20,
+    history_window=1,
+    max_new_tokens=32,
+    max_prompt_tokens=1024,
+    truncation_side="left",
+    temperature=0.7,
+    eval_temperature=0.0,
+  )
+  c.env.update(
+    name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_seen,valid_unseen", num_workers=2
+  )
   c.analyzer.update(backend="expert", max_step_skills=5)
   c.opid.update(lambda_skill=0.05, routing="critical_first", invalid_penalty=0.1)
   c.ppo.update(kl_coef=0.0, mini_batch_size=64, micro_batch_size=8)
   c.optim.update(lr=3e-5, weight_decay=0.0)
-  c.train.update(steps=16, eval_every=16, eval_tasks=0, eval_envs=48, score_micro_batch=16,
-                 prompt_buckets=(256, 384, 512, 768, 1024), response_buckets=(32, 64))
+  c.train.update(
+    steps=16,
+    eval_every=16,
+    eval_tasks=0,
+    eval_envs=48,
+    score_micro_batch=16,
+    prompt_buckets=(256, 384, 512, 768, 1024),
+    response_buckets=(32, 64),
+  )
   c.checkpoint.update(save_every=4, keep=2)
   return c

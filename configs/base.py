@@ -10,27 +10,34 @@ import ml_collections
 def get_config():
   c = ml_collections.ConfigDict()
 
-  c.model = ml_collections.ConfigDict(dict(
+  c.model = ml_collections.ConfigDict(
+    dict(
       path="Qwen/Qwen2.5-3B-Instruct",  # HF folder, hub id, or .gguf file
       dtype="bfloat16",  # compute dtype
       param_dtype="float32",
       remat=True,  # recompute each layer's activations in the backward pass
-  ))
+    )
+  )
 
   # Device mesh: -1 fills with the remaining devices. Logical axis -> mesh axes rules shard the model.
-  c.mesh = ml_collections.ConfigDict(dict(
-      data=-1, fsdp=1, tensor=1,
+  c.mesh = ml_collections.ConfigDict(
+    dict(
+      data=-1,
+      fsdp=1,
+      tensor=1,
       rules=(
-          ("batch", ("data", "fsdp")),
-          ("embed", "fsdp"),
-          ("vocab", "tensor"),
-          ("mlp", "tensor"),
-          ("q_heads", "tensor"),
-          ("kv_heads", "tensor"),
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("vocab", "tensor"),
+        ("mlp", "tensor"),
+        ("q_heads", "tensor"),
+        ("kv_heads", "tensor"),
       ),
-  ))
+    )
+  )
 
-  c.rollout = ml_collections.ConfigDict(dict(
+  c.rollout = ml_collections.ConfigDict(
+    dict(
       tasks_per_batch=16,  # B groups per iteration
       group_size=8,  # N rollouts per task
       temperature=1.0,
@@ -42,9 +49,11 @@ def get_config():
       history_window=5,
       max_steps=30,
       eval_temperature=0.4,
-  ))
+    )
+  )
 
-  c.env = ml_collections.ConfigDict(dict(
+  c.env = ml_collections.ConfigDict(
+    dict(
       name="alfworld",  # alfworld | search_qa | webshop | counting (a tiny text env for smoke tests)
       data_dir="data/alfworld",
       train_split="train",
@@ -55,9 +64,11 @@ def get_config():
       topk=3,
       train_questions="",  # search_qa: jsonl with id, question, golden_answers
       eval_questions="",
-  ))
+    )
+  )
 
-  c.analyzer = ml_collections.ConfigDict(dict(
+  c.analyzer = ml_collections.ConfigDict(
+    dict(
       backend="expert",  # openai | local | expert | none
       base_url="",
       model="",
@@ -68,17 +79,21 @@ def get_config():
       json_mode=False,
       gamma=0.95,
       max_step_skills=5,
-  ))
+    )
+  )
 
-  c.opid = ml_collections.ConfigDict(dict(
+  c.opid = ml_collections.ConfigDict(
+    dict(
       lambda_skill=0.001,
       routing="critical_first",  # critical_first | episode_only | step_only | superimpose | none
       adv_norm="mean_std",  # mean_std | mean
       group_stats="steps",  # steps (every step sample) | trajectories (one value per trajectory)
       invalid_penalty=0.1,
-  ))
+    )
+  )
 
-  c.ppo = ml_collections.ConfigDict(dict(
+  c.ppo = ml_collections.ConfigDict(
+    dict(
       clip_eps=0.2,
       clip_eps_high=0.2,
       dual_clip=0.0,  # 0 disables; otherwise the dual-clip constant c > 1 (e.g. 3.0)
@@ -89,9 +104,11 @@ def get_config():
       kl_estimator="k3",  # k1 | k2 | k3
       kl_clamp=10.0,
       entropy_coef=0.0,
-  ))
+    )
+  )
 
-  c.optim = ml_collections.ConfigDict(dict(
+  c.optim = ml_collections.ConfigDict(
+    dict(
       lr=1e-6,
       warmup_steps=0,
       schedule="constant",  # constant | cosine | linear
@@ -100,9 +117,11 @@ def get_config():
       b1=0.9,
       b2=0.999,
       eps=1e-8,
-  ))
+    )
+  )
 
-  c.train = ml_collections.ConfigDict(dict(
+  c.train = ml_collections.ConfigDict(
+    dict(
       steps=150,
       seed=0,
       eval_every=0,  # 0 disables periodic evaluation
@@ -114,12 +133,15 @@ def get_config():
       bucket_micro_batches=True,  # pad each update micro-batch to its own length bucket (False: one shape per step)
       prompt_buckets=(256, 512, 1024, 2048),
       response_buckets=(64, 128, 256, 512),
-  ))
+    )
+  )
 
-  c.checkpoint = ml_collections.ConfigDict(dict(
+  c.checkpoint = ml_collections.ConfigDict(
+    dict(
       dir="",  # empty: WORKDIR/checkpoints
       save_every=10,
       keep=3,
       async_save=True,
-  ))
+    )
+  )
   return c

@@ -26,15 +26,30 @@ def smollm2_gguf() -> str:
 def get_config():
   c = base.get_config()
   c.model.update(path=smollm2_gguf(), dtype="float32", param_dtype="float32", remat=False)
-  c.rollout.update(tasks_per_batch=2, group_size=2, max_steps=4, history_window=1, max_new_tokens=48,
-                   max_prompt_tokens=1024, temperature=1.0, eval_temperature=0.4)
-  c.env.update(name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_unseen",
-               num_workers=2)
+  c.rollout.update(
+    tasks_per_batch=2,
+    group_size=2,
+    max_steps=4,
+    history_window=1,
+    max_new_tokens=48,
+    max_prompt_tokens=1024,
+    temperature=1.0,
+    eval_temperature=0.4,
+  )
+  c.env.update(name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_unseen", num_workers=2)
   c.analyzer.update(backend="expert", max_step_skills=5)
   c.opid.update(lambda_skill=0.01, routing="critical_first")
   c.ppo.update(kl_coef=0.0, mini_batch_size=64, micro_batch_size=4)
   c.optim.update(lr=2e-5)
-  c.train.update(steps=2, eval_every=0, eval_tasks=4, eval_at_start=True, eval_at_end=True,
-                 score_micro_batch=4, prompt_buckets=(384, 512, 640, 768, 896, 1024), response_buckets=(64,))
+  c.train.update(
+    steps=2,
+    eval_every=0,
+    eval_tasks=4,
+    eval_at_start=True,
+    eval_at_end=True,
+    score_micro_batch=4,
+    prompt_buckets=(384, 512, 640, 768, 896, 1024),
+    response_buckets=(64,),
+  )
   c.checkpoint.update(save_every=1, keep=2)
   return c

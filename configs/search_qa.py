@@ -10,11 +10,25 @@ from configs import base
 def get_config():
   c = base.get_config()
   c.model.path = "Qwen/Qwen2.5-3B-Instruct"
-  c.rollout.update(tasks_per_batch=128, group_size=8, max_steps=4, history_window=4, max_prompt_tokens=4096,
-                   max_new_tokens=512, truncation_side="left", temperature=1.0, eval_temperature=0.4)
-  c.env.update(name="search_qa", train_questions="data/search_qa/train.jsonl",
-               eval_questions="data/search_qa/nq_test.jsonl",
-               retriever_url="http://127.0.0.1:8000/retrieve", topk=3, num_workers=8)
+  c.rollout.update(
+    tasks_per_batch=128,
+    group_size=8,
+    max_steps=4,
+    history_window=4,
+    max_prompt_tokens=4096,
+    max_new_tokens=512,
+    truncation_side="left",
+    temperature=1.0,
+    eval_temperature=0.4,
+  )
+  c.env.update(
+    name="search_qa",
+    train_questions="data/search_qa/train.jsonl",
+    eval_questions="data/search_qa/nq_test.jsonl",
+    retriever_url="http://127.0.0.1:8000/retrieve",
+    topk=3,
+    num_workers=8,
+  )
   c.analyzer.max_step_skills = 2
   c.opid.update(lambda_skill=0.001, routing="critical_first", invalid_penalty=0.01)
   c.ppo.update(kl_coef=0.001, mini_batch_size=512, micro_batch_size=16)

@@ -10,8 +10,17 @@ from configs import base
 def get_config():
   c = base.get_config()
   c.model.path = "Qwen/Qwen2.5-3B-Instruct"
-  c.rollout.update(tasks_per_batch=16, group_size=8, max_steps=15, history_window=2, max_prompt_tokens=4096,
-                   max_new_tokens=512, truncation_side="left", temperature=1.0, eval_temperature=0.4)
+  c.rollout.update(
+    tasks_per_batch=16,
+    group_size=8,
+    max_steps=15,
+    history_window=2,
+    max_prompt_tokens=4096,
+    max_new_tokens=512,
+    truncation_side="left",
+    temperature=1.0,
+    eval_temperature=0.4,
+  )
   c.env.update(name="webshop", data_dir="data/webshop", num_workers=8)
   c.analyzer.max_step_skills = 5
   c.opid.update(lambda_skill=0.001, routing="critical_first", invalid_penalty=0.1)

@@ -36,4 +36,5 @@ def parse_flags_or_exit(argv):
 def quiet_libraries() -> None:
   """Orbax and JAX log a lot at INFO through absl; keep warnings and errors."""
   from absl import logging as absl_logging
+
   absl_logging.set_verbosity(absl_logging.WARNING)

@@ -8,14 +8,12 @@ Prints a markdown table (success per task type, or exact match per QA dataset; m
 valid-action ratio) and writes WORKDIR/eval_<split>.json and .md.
 """
 
-import json
-import os
 import sys
 
 from absl import app, flags
 
-from opid_jax.errors import exit_on_user_error
 from opid_jax.cli import define_config_flag, parse_flags_or_exit, quiet_libraries, required_config
+from opid_jax.errors import exit_on_user_error
 
 _CONFIG = define_config_flag()
 flags.DEFINE_string("workdir", None, "Run directory; its latest checkpoint is evaluated if present.", required=True)
@@ -31,6 +29,7 @@ def main(argv):
   quiet_libraries()
   from opid_jax.evaluation import standalone, tables as eval_tables
   from opid_jax.training import config_checks
+
   config_checks.validate(config)
   if FLAGS.split:
     with config.unlocked():

@@ -24,8 +24,10 @@ FLAGS = flags.FLAGS
 def export(workdir: str, out: str, dtype: str | None = None) -> int:
   """Writes the HF folder; returns the exported checkpoint's iteration."""
   from flax import nnx
+
   from opid_jax.checkpoint import run_files
   from opid_jax.model import hf_io, loading
+
   config = run_files.load_run_config(workdir)
   loaded = loading.load(config.model.path, dtype="float32", param_dtype=config.model.param_dtype)
   _, params = nnx.split(loaded.model)

@@ -28,19 +28,29 @@ FLAGS = flags.FLAGS
 @exit_on_user_error
 def main(argv):
   del argv
+  from opid_jax.batching import padding, prompt_length
   from opid_jax.generation.sampler import Sampler, SamplingParams
   from opid_jax.model import loading, tokenizer
-  from opid_jax.batching import padding, prompt_length
 
   loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
   side = "left" if FLAGS.truncate_left else "error"
-  ids = prompt_length.fit(tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens,
-                        side, prompt_length.CLI)
-  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, batch_buckets=(1,),
-                    prompt_buckets=padding.buckets_up_to(FLAGS.max_prompt_tokens),
-                    truncate_left=FLAGS.truncate_left)
-  params = SamplingParams(temperature=0.0 if FLAGS.greedy else FLAGS.temperature, top_p=FLAGS.top_p,
-                          top_k=FLAGS.top_k, max_new_tokens=FLAGS.max_new_tokens)
+  ids = prompt_length.fit(
+    tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens, side, prompt_length.CLI
+  )
+  sampler = Sampler(
+    loaded.model,
+    loaded.stop_ids,
+    loaded.pad_id,
+    batch_buckets=(1,),
+    prompt_buckets=padding.buckets_up_to(FLAGS.max_prompt_tokens),
+    truncate_left=FLAGS.truncate_left,
+  )
+  params = SamplingParams(
+    temperature=0.0 if FLAGS.greedy else FLAGS.temperature,
+    top_p=FLAGS.top_p,
+    top_k=FLAGS.top_k,
+    max_new_tokens=FLAGS.max_new_tokens,
+  )
   out = sampler.generate([ids], params, key=FLAGS.seed)
   print(loaded.tokenizer.decode(out.tokens[0], skip_special_tokens=True))
 

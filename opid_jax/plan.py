@@ -26,6 +26,7 @@ FLAGS = flags.FLAGS
 
 def parse_mesh(text: str) -> dict[str, int]:
   from opid_jax.parallel.mesh import MESH_AXES
+
   sizes = {a: 1 for a in MESH_AXES}
   for part in filter(None, text.split(",")):
     name, _, value = part.partition("=")
@@ -37,6 +38,7 @@ def parse_mesh(text: str) -> dict[str, int]:
 
 def read_model_config(path: str, model):
   from opid_jax.model.config import ModelConfig
+
   file = path if path.endswith(".json") else os.path.join(path, "config.json")
   if not os.path.isfile(file):
     raise UserError(f"the planner reads shapes from a config.json; none at {file}")
@@ -46,33 +48,43 @@ def read_model_config(path: str, model):
 
 
 def gib(n: int) -> str:
-  return f"{n / 1024 ** 3:8.2f} GiB"
+  return f"{n / 1024**3:8.2f} GiB"
 
 
 def report(config, mesh_text: str | None, device: str, num_devices: int | None) -> str:
   from opid_jax.parallel import memory, mesh as mesh_lib
+
   if device not in memory.DEVICES:
     raise UserError(f"--device={device!r} is not one of {', '.join(memory.DEVICES)}")
   cfg = read_model_config(config.model.path, config.model)
   rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.mesh.rules)
-  sizes = parse_mesh(mesh_text) if mesh_text else dict(data=config.mesh.data, fsdp=config.mesh.fsdp,
-                                                           tensor=config.mesh.tensor)
+  sizes = (
+    parse_mesh(mesh_text)
+    if mesh_text
+    else dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor)
+  )
   fixed = [s for s in sizes.values() if s != -1]
   if num_devices is None:
     num_devices = 8 if -1 in sizes.values() else int(memory.np.prod(fixed))
   sizes = dict(zip(mesh_lib.MESH_AXES, mesh_lib.mesh_shape(sizes, num_devices)))
   r = config.rollout
-  work = memory.Workload(rollout_batch=r.tasks_per_batch * r.group_size,
-                         max_length=r.max_prompt_tokens + r.max_new_tokens, micro_batch=config.ppo.micro_batch_size,
-                         with_reference=config.ppo.kl_coef > 0, remat=config.model.remat)
+  work = memory.Workload(
+    rollout_batch=r.tasks_per_batch * r.group_size,
+    max_length=r.max_prompt_tokens + r.max_new_tokens,
+    micro_batch=config.ppo.micro_batch_size,
+    with_reference=config.ppo.kl_coef > 0,
+    remat=config.model.remat,
+  )
   budget = memory.DEVICES[device]
   chosen = memory.plan(cfg, work, sizes, rules)
   mesh_name = ",".join(f"{k}={v}" for k, v in sizes.items())
-  lines = [f"model {config.model.path}: {cfg.model_type}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
-           f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}",
-           f"workload: rollout batch {work.rollout_batch} x {work.max_length} tokens, update micro-batch "
-           f"{work.micro_batch}, reference {'yes' if work.with_reference else 'no'}",
-           f"per device on mesh {mesh_name} ({device}: {gib(budget).strip()}, plan to {memory.USABLE:.0%}):"]
+  lines = [
+    f"model {config.model.path}: {cfg.model_type}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
+    f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}",
+    f"workload: rollout batch {work.rollout_batch} x {work.max_length} tokens, update micro-batch "
+    f"{work.micro_batch}, reference {'yes' if work.with_reference else 'no'}",
+    f"per device on mesh {mesh_name} ({device}: {gib(budget).strip()}, plan to {memory.USABLE:.0%}):",
+  ]
   lines += [f"  {name:<28}{gib(value)}" for name, value in chosen.rows()]
   verdict = "fits" if chosen.total <= budget * memory.USABLE else "does NOT fit"
   lines.append(f"  -> {verdict}")
@@ -84,10 +96,12 @@ def report(config, mesh_text: str | None, device: str, num_devices: int | None) 
     name = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
     dp = plan.mesh["data"] * plan.mesh["fsdp"]
     score_micro = -(-config.train.score_micro_batch // dp) * dp  # scoring batches split over the same devices
-    lines.append(f"suggestion for {num_devices} x {device}: --config.mesh.data={plan.mesh['data']} "
-                 f"--config.mesh.fsdp={plan.mesh['fsdp']} --config.mesh.tensor={plan.mesh['tensor']} "
-                 f"--config.ppo.micro_batch_size={micro} --config.train.score_micro_batch={score_micro}  "
-                 f"({name}: {gib(plan.total).strip()} per device)")
+    lines.append(
+      f"suggestion for {num_devices} x {device}: --config.mesh.data={plan.mesh['data']} "
+      f"--config.mesh.fsdp={plan.mesh['fsdp']} --config.mesh.tensor={plan.mesh['tensor']} "
+      f"--config.ppo.micro_batch_size={micro} --config.train.score_micro_batch={score_micro}  "
+      f"({name}: {gib(plan.total).strip()} per device)"
+    )
   return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ def main(argv):
   if not run_dirs:
     raise UserError("give at least one run directory")
   from opid_jax.training import curves
+
   curves.plot_runs(run_dirs, FLAGS.out, FLAGS.smooth)
   print(f"wrote {FLAGS.out}")
 

@@ -24,8 +24,7 @@ from opid_jax.cli import parse_flags_or_exit, quiet_libraries
 from opid_jax.errors import UserError, exit_on_user_error
 
 flags.DEFINE_string("model", None, "HF folder, hub id, or .gguf file.", required=True)
-flags.DEFINE_string("games", None, "ALFWorld data folder (holding json_2.1.1/, or that folder itself).",
-                    required=True)
+flags.DEFINE_string("games", None, "ALFWorld data folder (holding json_2.1.1/, or that folder itself).", required=True)
 flags.DEFINE_integer("n", 20, "Probe the first N games of the split (the split's sorted game list).")
 flags.DEFINE_string("split", "valid_seen", "ALFWorld split.")
 flags.DEFINE_integer("seed", 0, "Seed of the choice of the other admissible action at each step.")
@@ -42,6 +41,7 @@ FLAGS = flags.FLAGS
 def _task_ids(data_dir: str, split: str, n: int) -> list[str]:
   """The first n games of the split's sorted list."""
   from opid_jax.envs import alfworld
+
   if not os.path.isdir(data_dir):
     raise UserError(f"ALFWorld games folder {data_dir!r} does not exist")
   try:
@@ -55,8 +55,9 @@ def _task_ids(data_dir: str, split: str, n: int) -> list[str]:
 
 def _replay(data_dir: str, task_ids: list[str]):
   from opid_jax.envs import alfworld
-  from opid_jax.sft.expert_replay import replay_walkthroughs
   from opid_jax.envs.pool import EnvPool
+  from opid_jax.sft.expert_replay import replay_walkthroughs
+
   factory = functools.partial(alfworld.AlfworldEnv, data_dir=data_dir, max_steps=60)
   with EnvPool(factory, num_envs=min(FLAGS.num_envs, len(task_ids)), num_workers=FLAGS.num_workers) as pool:
     return replay_walkthroughs(pool, task_ids)
@@ -80,8 +81,8 @@ def main(argv):
   del argv
   quiet_libraries()
   _check_flags()
-  from opid_jax.skills import probe as skill_probe
   from opid_jax.model import loading
+  from opid_jax.skills import probe as skill_probe
 
   task_ids = _task_ids(FLAGS.games, FLAGS.split, FLAGS.n)
   loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
@@ -89,27 +90,46 @@ def main(argv):
   end_id = skill_probe.end_of_turn_id(loaded.tokenizer, loaded.stop_ids)
   items, skipped = skill_probe.build_items(games, FLAGS.seed, FLAGS.history)
   if not items:
-    raise UserError(f"nothing to probe: {len(dropped)} of {len(task_ids)} walkthroughs did not win and "
-                    f"{skipped} steps had no other admissible action")
-  score = skill_probe.scorer_sums(loaded.model, loaded.pad_id,
-                                  skill_probe.longest_response(items, loaded.tokenizer, end_id),
-                                  FLAGS.max_prompt_tokens, FLAGS.micro_batch)
+    raise UserError(
+      f"nothing to probe: {len(dropped)} of {len(task_ids)} walkthroughs did not win and "
+      f"{skipped} steps had no other admissible action"
+    )
+  score = skill_probe.scorer_sums(
+    loaded.model,
+    loaded.pad_id,
+    skill_probe.longest_response(items, loaded.tokenizer, end_id),
+    FLAGS.max_prompt_tokens,
+    FLAGS.micro_batch,
+  )
   records = skill_probe.probe(items, loaded.tokenizer, end_id, score, FLAGS.max_prompt_tokens)
   summary = skill_probe.summarize(records)
 
-  print(f"model {FLAGS.model}; {FLAGS.split}: {len(games)} games replayed, {len(dropped)} dropped "
-        f"(walkthrough did not win); {len(records)} steps probed, {skipped} skipped (no other admissible "
-        f"action); history {FLAGS.history}, seed {FLAGS.seed}")
-  print("shifts: mean change of the summed response log-prob (nats) when the skill is added; "
-        "margin gain = expert shift - other shift")
+  print(
+    f"model {FLAGS.model}; {FLAGS.split}: {len(games)} games replayed, {len(dropped)} dropped "
+    f"(walkthrough did not win); {len(records)} steps probed, {skipped} skipped (no other admissible "
+    f"action); history {FLAGS.history}, seed {FLAGS.seed}"
+  )
+  print(
+    "shifts: mean change of the summed response log-prob (nats) when the skill is added; "
+    "margin gain = expert shift - other shift"
+  )
   print(skill_probe.format_table(summary))
   if FLAGS.json:
-    report = {"model": FLAGS.model, "split": FLAGS.split, "games_requested": len(task_ids),
-              "games_replayed": len(games), "games_dropped": dropped, "steps": len(records),
-              "steps_skipped": skipped, "history": FLAGS.history, "seed": FLAGS.seed,
-              "end_of_turn_id": end_id, "think": skill_probe.SFT_THINK,
-              "kinds": {k: {f: _finite_or_none(v) for f, v in s.items()} for k, s in summary.items()},
-              "records": records}
+    report = {
+      "model": FLAGS.model,
+      "split": FLAGS.split,
+      "games_requested": len(task_ids),
+      "games_replayed": len(games),
+      "games_dropped": dropped,
+      "steps": len(records),
+      "steps_skipped": skipped,
+      "history": FLAGS.history,
+      "seed": FLAGS.seed,
+      "end_of_turn_id": end_id,
+      "think": skill_probe.SFT_THINK,
+      "kinds": {k: {f: _finite_or_none(v) for f, v in s.items()} for k, s in summary.items()},
+      "records": records,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
     with open(FLAGS.json, "w") as f:
       json.dump(report, f, indent=1, allow_nan=False)

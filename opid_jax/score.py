@@ -26,20 +26,25 @@ FLAGS = flags.FLAGS
 @exit_on_user_error
 def main(argv):
   del argv
-  from opid_jax.model import loading, tokenizer
   from opid_jax.batching import padding, prompt_length
+  from opid_jax.model import loading, tokenizer
   from opid_jax.rl.scoring import Scorer
 
   loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
   side = "left" if FLAGS.truncate_left else "error"
-  prompt = prompt_length.fit(tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens,
-                           side, prompt_length.CLI)
+  prompt = prompt_length.fit(
+    tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens, side, prompt_length.CLI
+  )
   response = tokenizer.encode(loaded.tokenizer, FLAGS.response)
   if not response:
     raise UserError("the response is empty after tokenization")
-  scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=1,
-                  prompt_buckets=padding.buckets_up_to(FLAGS.max_prompt_tokens),
-                  truncate_left=FLAGS.truncate_left)
+  scorer = Scorer(
+    loaded.model,
+    loaded.pad_id,
+    micro_batch=1,
+    prompt_buckets=padding.buckets_up_to(FLAGS.max_prompt_tokens),
+    truncate_left=FLAGS.truncate_left,
+  )
   out = scorer.score([prompt], [response], temperature=FLAGS.temperature)
   print(json.dumps({"tokens": response, "logprobs": [float(x) for x in out.logprobs[0]]}))
 

@@ -27,15 +27,22 @@ flags.DEFINE_integer("default_max_tokens", 512, "max_tokens when a request gives
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
 FLAGS = flags.FLAGS
 
+
 @exit_on_user_error
 def main(argv):
   del argv
   quiet_libraries()
   try:
-    server, batcher = build_server(FLAGS.model, FLAGS.host, FLAGS.port, max_batch=FLAGS.max_batch,
-                                   max_prompt_tokens=FLAGS.max_prompt_tokens,
-                                   default_max_tokens=FLAGS.default_max_tokens, dtype=FLAGS.dtype,
-                                   truncation_side="left" if FLAGS.truncate_left else "error")
+    server, batcher = build_server(
+      FLAGS.model,
+      FLAGS.host,
+      FLAGS.port,
+      max_batch=FLAGS.max_batch,
+      max_prompt_tokens=FLAGS.max_prompt_tokens,
+      default_max_tokens=FLAGS.default_max_tokens,
+      dtype=FLAGS.dtype,
+      truncation_side="left" if FLAGS.truncate_left else "error",
+    )
   except OSError as e:
     raise UserError(f"cannot listen on {FLAGS.host}:{FLAGS.port} ({e.strerror})") from None
   print(f"serving {FLAGS.model} on http://{FLAGS.host}:{server.server_address[1]}/v1", flush=True)

@@ -28,9 +28,11 @@ def main(argv):
   del argv
   config = required_config(_CONFIG, "configs/alfworld.py")
   from opid_jax.parallel import distributed  # before anything starts a JAX backend
+
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from opid_jax.checkpoint import run_files
   from opid_jax.training import config_checks, rl_trainer
+
   config_checks.validate(config)
   quiet_libraries()
   if distributed.is_lead():

@@ -60,8 +60,7 @@ def main() -> None:
   if unknown:
     sys.exit(f"unknown splits {sorted(unknown)}; choose from {SPLITS}")
   if not args.skip_checksum and sha256_of(args.archive) != ARCHIVE_SHA256:
-    sys.exit(f"{args.archive}: sha256 differs from the published archive; "
-             "pass --skip_checksum to unpack it anyway")
+    sys.exit(f"{args.archive}: sha256 differs from the published archive; pass --skip_checksum to unpack it anyway")
   written = unpack(args.archive, args.dest, splits)
   print(f"{written} files written under {os.path.join(args.dest, DATASET_FOLDER)}")
 

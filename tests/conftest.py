@@ -7,14 +7,14 @@ import sys
 import tarfile
 
 import pytest
-
 from shared_data import ALFWORLD_ARCHIVE_DEFAULT, ROOT
 
 ALFWORLD_ARCHIVE = os.environ.get("ALFWORLD_ARCHIVE") or ALFWORLD_ARCHIVE_DEFAULT
 ALFWORLD_TEST_SPLITS = ("valid_seen", "valid_unseen")
 CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+  "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+  "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,18 +36,25 @@ def chatml_tokenizer():
   """A tiny byte-level BPE tokenizer (any text round-trips) with ChatML tokens and template."""
   import transformers
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
   bpe = Tokenizer(models.BPE())
   bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   bpe.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False,
-                                special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  corpus = ["You are an expert agent. Your task is to: put a mug in the sink. You arrive at desk 1.",
-            "<think>I should go there.</think><action>go to desk 1</action>",
-            "<search>Evan Morris</search><information>Doc 1(Title: x)</information>"] * 20
+  trainer = trainers.BpeTrainer(
+    vocab_size=600,
+    show_progress=False,
+    special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+  )
+  corpus = [
+    "You are an expert agent. Your task is to: put a mug in the sink. You arrive at desk 1.",
+    "<think>I should go there.</think><action>go to desk 1</action>",
+    "<search>Evan Morris</search><information>Doc 1(Title: x)</information>",
+  ] * 20
   bpe.train_from_iterator(corpus, trainer)
-  tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
-                                                   pad_token="<|endoftext|>")
+  tokenizer = transformers.PreTrainedTokenizerFast(
+    tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+  )
   tokenizer.chat_template = CHATML_TEMPLATE
   return tokenizer
 
@@ -57,6 +64,7 @@ def tiny_policy_dir(tmp_path_factory):
   """`tiny_policy_dir(arch="qwen3", seed=0)`: an HF folder with a tiny random model of that architecture
   (qwen2 / qwen3 / llama) and the tiny tokenizer, made once per (arch, seed) in the session."""
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
   made: dict[tuple[str, int], str] = {}
 
   def make(arch: str = "qwen3", seed: int = 0) -> str:
@@ -82,8 +90,15 @@ def train_cmd(model_dir):
   policy (run it with cwd=ROOT)."""
 
   def command(workdir, *overrides) -> list[str]:
-    return [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-            f"--config.model.path={model_dir}", *(str(o) for o in overrides)]
+    return [
+      sys.executable,
+      "-m",
+      "opid_jax.train",
+      "--config=configs/smoke.py",
+      f"--workdir={workdir}",
+      f"--config.model.path={model_dir}",
+      *(str(o) for o in overrides),
+    ]
 
   assert os.path.isdir(os.path.join(ROOT, "configs"))
   return command

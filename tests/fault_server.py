@@ -25,10 +25,12 @@ GARBAGE_CONTENT = "I looked at the episode carefully and I think the agent did f
 
 def chat_completion_body(content: str, model: str = "fault-model") -> dict:
   return {
-      "id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
-      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                   "finish_reason": "stop"}],
-      "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    "id": "chatcmpl-test",
+    "object": "chat.completion",
+    "created": int(time.time()),
+    "model": model,
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
   }
 
 

@@ -9,7 +9,6 @@ TENSORSTORE_GCS_HTTP_URL; the rest stop the clients from looking for real creden
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -26,7 +25,6 @@ def _free_port() -> int:
 
 
 class GcsEmulator:
-
   def __init__(self, log_path: str):
     self.port = _free_port()
     self.url = f"http://127.0.0.1:{self.port}"
@@ -37,9 +35,25 @@ class GcsEmulator:
     # Requests are logged to a file: a pipe nobody reads would fill up and stall the server.
     with open(self._log_path, "ab") as log:
       self._process = subprocess.Popen(
-          [str(_server._get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-           "-backend", "memory", "-external-url", self.url, "-log-level", "warn"],
-          stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        [
+          str(_server._get_binary_path()),
+          "-scheme",
+          "http",
+          "-host",
+          "127.0.0.1",
+          "-port",
+          str(self.port),
+          "-backend",
+          "memory",
+          "-external-url",
+          self.url,
+          "-log-level",
+          "warn",
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+      )
     deadline = time.monotonic() + 30
     while True:
       try:
@@ -52,9 +66,12 @@ class GcsEmulator:
         time.sleep(0.1)
 
   def create_bucket(self, name: str) -> None:
-    request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                     data=json.dumps({"name": name}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+      f"{self.url}/storage/v1/b?project=test",
+      method="POST",
+      data=json.dumps({"name": name}).encode(),
+      headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10):
       pass
 
@@ -76,13 +93,13 @@ class GcsEmulator:
 
   def client_env(self) -> dict[str, str]:
     return {
-        "STORAGE_EMULATOR_HOST": self.url,
-        "TENSORSTORE_GCS_HTTP_URL": self.url,
-        "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
-        "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # otherwise gcsfs waits twice for 60 s on a gRPC probe
-        "NO_GCE_CHECK": "true",
-        "GCE_METADATA_HOST": "127.0.0.1:1",
-        "GCE_METADATA_IP": "127.0.0.1:1",
+      "STORAGE_EMULATOR_HOST": self.url,
+      "TENSORSTORE_GCS_HTTP_URL": self.url,
+      "GOOGLE_AUTH_TOKEN_FOR_TESTING": "dummy",
+      "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # otherwise gcsfs waits twice for 60 s on a gRPC probe
+      "NO_GCE_CHECK": "true",
+      "GCE_METADATA_HOST": "127.0.0.1:1",
+      "GCE_METADATA_IP": "127.0.0.1:1",
     }
 
   def stop(self) -> None:

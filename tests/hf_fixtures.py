@@ -8,19 +8,33 @@ import numpy as np
 import torch
 import transformers
 
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-6)
+TINY = dict(
+  vocab_size=512,
+  hidden_size=64,
+  intermediate_size=128,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=2048,
+  rms_norm_eps=1e-6,
+)
 
 VARIANTS = {
-    # Qwen2: q/k/v bias, untied, a non-default theta.
-    "qwen2": dict(cls=transformers.Qwen2Config, tie_word_embeddings=False, rope_theta=25000.0),
-    # Qwen3: per-head q/k norm, head_dim (32) != hidden / heads (16), tied.
-    "qwen3": dict(cls=transformers.Qwen3Config, tie_word_embeddings=True, head_dim=32, rope_theta=1e6),
-    # Llama family (SmolLM2-like): no biases, tied, theta 1e5.
-    "llama": dict(cls=transformers.LlamaConfig, tie_word_embeddings=True, rope_theta=1e5),
-    # Qwen3 with one KV head for 3 query heads (multi-query, the study's small policy's shape), theta 1e4.
-    "qwen3_mqa": dict(cls=transformers.Qwen3Config, tie_word_embeddings=True, head_dim=32, num_attention_heads=3,
-                      num_key_value_heads=1, rope_theta=1e4),
+  # Qwen2: q/k/v bias, untied, a non-default theta.
+  "qwen2": dict(cls=transformers.Qwen2Config, tie_word_embeddings=False, rope_theta=25000.0),
+  # Qwen3: per-head q/k norm, head_dim (32) != hidden / heads (16), tied.
+  "qwen3": dict(cls=transformers.Qwen3Config, tie_word_embeddings=True, head_dim=32, rope_theta=1e6),
+  # Llama family (SmolLM2-like): no biases, tied, theta 1e5.
+  "llama": dict(cls=transformers.LlamaConfig, tie_word_embeddings=True, rope_theta=1e5),
+  # Qwen3 with one KV head for 3 query heads (multi-query, the study's small policy's shape), theta 1e4.
+  "qwen3_mqa": dict(
+    cls=transformers.Qwen3Config,
+    tie_word_embeddings=True,
+    head_dim=32,
+    num_attention_heads=3,
+    num_key_value_heads=1,
+    rope_theta=1e4,
+  ),
 }
 
 
@@ -60,18 +74,29 @@ def hf_logits(model, ids: list[int]) -> np.ndarray:
 def save_tiny_tokenizer(out_dir: str, vocab_size: int = 512) -> None:
   """A byte-level BPE tokenizer trained on a few sentences, with ChatML special tokens and template."""
   from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
   specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  corpus = ["You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 1.",
-            "Your task is to: put a clean mug in coffeemachine.", "<think>I should go to the cabinet.</think>",
-            "<action>go to cabinet 1</action>", "Now it's your turn to take an action."] * 20
-  trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  corpus = [
+    "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 1.",
+    "Your task is to: put a clean mug in coffeemachine.",
+    "<think>I should go to the cabinet.</think>",
+    "<action>go to cabinet 1</action>",
+    "Now it's your turn to take an action.",
+  ] * 20
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
   tok.train_from_iterator(corpus, trainer)
   fast = transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-      chat_template=("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"))
+    tokenizer_object=tok,
+    eos_token="<|im_end|>",
+    pad_token="<|endoftext|>",
+    chat_template=(
+      "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+  )
   fast.save_pretrained(out_dir)

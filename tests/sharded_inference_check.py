@@ -10,13 +10,13 @@ import sys
 import jax
 import numpy as np
 from flax import nnx
+from tiny_models import tiny_model
+from update_check import RULES
 
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.model.sharding import use_rules
 from opid_jax.parallel import mesh as mesh_lib
 from opid_jax.rl.scoring import Scorer
-from tiny_models import tiny_model
-from update_check import RULES
 
 MESHES = {"single": None, "data8": dict(data=8), "fsdp8": dict(fsdp=8), "mixed": dict(data=2, fsdp=2, tensor=2)}
 STOP_ID, PAD_ID = 127, 0
@@ -51,8 +51,8 @@ def run(sizes):
   tokens = np.full((len(prompts), 12), -1, np.int32)
   logprobs = np.zeros((len(prompts), 12), np.float32)
   for i, (ids, lp) in enumerate(zip(out.tokens, scored.logprobs)):
-    tokens[i, :len(ids)] = ids
-    logprobs[i, :len(lp)] = lp
+    tokens[i, : len(ids)] = ids
+    logprobs[i, : len(lp)] = lp
   return tokens, logprobs
 
 

@@ -12,8 +12,9 @@ SHARED_DATA = os.environ.get("OPID_SHARED_DATA") or os.path.normpath(os.path.joi
 def shared_path(*parts: str) -> str:
   path = os.path.join(SHARED_DATA, *parts)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"shared test data missing: {path} (put shared/ beside the checkout or set "
-                            f"OPID_SHARED_DATA)")
+    raise FileNotFoundError(
+      f"shared test data missing: {path} (put shared/ beside the checkout or set OPID_SHARED_DATA)"
+    )
   return path
 
 

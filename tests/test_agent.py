@@ -23,8 +23,10 @@ def tokenizer(chatml_tokenizer):
 
 # ---------------------------------------------------------------- golden prompts
 
-ALF_INTRO = ("You are in the middle of a room. Looking quickly around you, you see a cabinet 1, "
-             "a sinkbasin 1, and a towelholder 1.\n\nYour task is to: put a clean cloth in cabinet.")
+ALF_INTRO = (
+  "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, "
+  "a sinkbasin 1, and a towelholder 1.\n\nYour task is to: put a clean cloth in cabinet."
+)
 
 ALF_STEP0 = """\
 You are an expert household agent acting in the ALFRED text world.
@@ -54,11 +56,13 @@ The admissible actions in this situation are: ['go to cabinet 1', 'look']
 Now it's your turn to act: first reason step by step about the situation inside <think> </think> \
 tags, then pick exactly one admissible action and write it inside <action> </action> tags."""
 
-SEARCH_TURN = ("Now it's your turn to respond: first reason inside <think> </think> tags, then do "
-               "exactly one of two things: if some knowledge is missing or uncertain, write a query "
-               "inside <search> </search> tags and the top results will come back inside "
-               "<information> </information>; if you are confident, give a short final answer "
-               "inside <answer> </answer> tags.")
+SEARCH_TURN = (
+  "Now it's your turn to respond: first reason inside <think> </think> tags, then do "
+  "exactly one of two things: if some knowledge is missing or uncertain, write a query "
+  "inside <search> </search> tags and the top results will come back inside "
+  "<information> </information>; if you are confident, give a short final answer "
+  "inside <answer> </answer> tags."
+)
 
 SEARCH_STEP0 = f"""\
 You are an expert agent who answers questions step by step, searching the web when knowledge is missing.
@@ -86,30 +90,34 @@ The actions available to you are: ['<search> query </search>', '<answer> final a
 
 def test_alfworld_prompt_step0_golden():
   text = prompts.render_alfworld_prompt(
-      "put a clean cloth in cabinet.", ALF_INTRO,
-      ["go to cabinet 1", "go to sinkbasin 1", "inventory", "look"], [])
+    "put a clean cloth in cabinet.", ALF_INTRO, ["go to cabinet 1", "go to sinkbasin 1", "inventory", "look"], []
+  )
   assert text == ALF_STEP0
 
 
 def test_alfworld_prompt_later_step_golden_keeps_last_k():
   history = [HistoryEntry(f"obs {n}", f"act {n}") for n in range(1, 7)]
   text = prompts.render_alfworld_prompt(
-      "put a clean cloth in cabinet.", "You clean the cloth 1 using the sinkbasin 1.",
-      ["go to cabinet 1", "look"], history, history_length=5)
+    "put a clean cloth in cabinet.",
+    "You clean the cloth 1 using the sinkbasin 1.",
+    ["go to cabinet 1", "look"],
+    history,
+    history_length=5,
+  )
   assert text == ALF_STEP6
   assert text.splitlines()[-1].startswith(prompts.TURN_ANCHOR)
 
 
 def test_search_prompts_golden():
-  step0 = prompts.render_search_prompt("who wrote the hobbit?", "Question: who wrote the hobbit?",
-                                       [], [])
+  step0 = prompts.render_search_prompt("who wrote the hobbit?", "Question: who wrote the hobbit?", [], [])
   assert step0 == SEARCH_STEP0
-  history = [HistoryEntry("Question: who wrote the hobbit?", "<search>hobbit author</search>"),
-             HistoryEntry("<information>Doc 1(Title: The Hobbit) A novel.</information>",
-                          "<search>tolkien</search>")]
+  history = [
+    HistoryEntry("Question: who wrote the hobbit?", "<search>hobbit author</search>"),
+    HistoryEntry("<information>Doc 1(Title: The Hobbit) A novel.</information>", "<search>tolkien</search>"),
+  ]
   step2 = prompts.render_search_prompt(
-      "who wrote the hobbit?",
-      "<information>Doc 1(Title: J. R. R. Tolkien) An English writer.</information>", [], history)
+    "who wrote the hobbit?", "<information>Doc 1(Title: J. R. R. Tolkien) An English writer.</information>", [], history
+  )
   assert step2 == SEARCH_STEP2
 
 
@@ -123,7 +131,10 @@ def test_chat_template_and_left_truncation(tokenizer):
 
 # ---------------------------------------------------------------- parsing
 
-@pytest.mark.parametrize("response, action, valid", [
+
+@pytest.mark.parametrize(
+  "response, action, valid",
+  [
     ("<think>the desk</think>\n<action>Go To Desk 1</action>", "go to desk 1", True),
     ("<think>x</think><action>look</action> then I will open it", "look", True),
     ("<think>x</think><action>look</action><action>inventory</action>", "look", True),
@@ -136,18 +147,20 @@ def test_chat_template_and_left_truncation(tokenizer):
     ("<think>我想看看</think><action>look</action>", "look", False),  # CJK
     ("<think>x</think><action>take 苹果</action>", "take 苹果", False),
     ("", "", False),
-])
+  ],
+)
 def test_parse_text_action(response, action, valid):
   parsed = parsing.parse_text_action(response)
   assert (parsed.action, parsed.valid) == (action, valid)
   assert bool(parsed.problem) != valid
 
 
-@pytest.mark.parametrize("response, action, valid", [
+@pytest.mark.parametrize(
+  "response, action, valid",
+  [
     ("<think>x</think><search> capital of\n peru </search>", "<search>capital of peru</search>", True),
     ("<think>x</think><answer>Lima</answer>", "<answer>Lima</answer>", True),
-    ("<think>x</think><answer>Cusco</answer> no, <answer>Lima</answer>", "<answer>Lima</answer>",
-     True),
+    ("<think>x</think><answer>Cusco</answer> no, <answer>Lima</answer>", "<answer>Lima</answer>", True),
     ("<think>x</think><search>q</search> and <answer>a</answer>", "<search>q</search>", False),
     ("<think>x</think><answer>a</answer> or <search>q</search>", "<answer>a</answer>", False),
     ("<think>x</think> Lima", "", False),
@@ -155,7 +168,8 @@ def test_parse_text_action(response, action, valid):
     ("<think>x</think><search></search>", "<search></search>", False),
     ("<think>x</think><answer><search>q</search></answer>", "<answer>q</answer>", False),
     ("<think>利马</think><answer>Lima</answer>", "<answer>Lima</answer>", False),
-])
+  ],
+)
 def test_parse_search_response(response, action, valid):
   parsed = parsing.parse_search_response(response)
   assert (parsed.action, parsed.valid) == (action, valid)
@@ -163,18 +177,24 @@ def test_parse_search_response(response, action, valid):
 
 # ---------------------------------------------------------------- rollout
 
+
 class StairsEnv(Env):
   """Won after `task_id` steps of "up"; any other action keeps the agent where it is."""
 
   def reset(self, task_id: str) -> ResetResult:
     self.left = int(task_id)
-    return ResetResult(f"{self.left} stairs to go. Your task is to: climb.", "climb.", "stairs",
-                       ["up", "wait"])
+    return ResetResult(f"{self.left} stairs to go. Your task is to: climb.", "climb.", "stairs", ["up", "wait"])
 
   def step(self, action: str) -> StepResult:
     self.left -= action == "up"
-    return StepResult(f"{self.left} stairs to go.", 10.0 if self.left == 0 else 0.0,
-                      self.left == 0, self.left == 0, ["up", "wait"], info={"truncated": False})
+    return StepResult(
+      f"{self.left} stairs to go.",
+      10.0 if self.left == 0 else 0.0,
+      self.left == 0,
+      self.left == 0,
+      ["up", "wait"],
+      info={"truncated": False},
+    )
 
 
 def respond(tokenizer, text):
@@ -212,11 +232,15 @@ def test_rollout_on_real_alfworld_games(tokenizer, alfworld_games):
       plans[reset.task] = hindsight.expert_actions
     assert len(plans) == 2
     policy = WalkthroughPolicy(tokenizer, plans)
-    trajectories = rollout.run_groups(pool, policy, tokenizer, games, group_size=2,
-                                      agent=rollout.alfworld_agent(), first_group_id=5,
-                                      first_traj_id=10)
+    trajectories = rollout.run_groups(
+      pool, policy, tokenizer, games, group_size=2, agent=rollout.alfworld_agent(), first_group_id=5, first_traj_id=10
+    )
   assert [(t.group_id, t.traj_id, t.task_id) for t in trajectories] == [
-      (5, 10, games[0]), (5, 11, games[0]), (6, 12, games[1]), (6, 13, games[1])]
+    (5, 10, games[0]),
+    (5, 11, games[0]),
+    (6, 12, games[1]),
+    (6, 13, games[1]),
+  ]
   assert policy.calls[0] == 4 and max(policy.calls) == 4  # one batched call per turn
   for traj in trajectories:
     plan = plans[traj.task]
@@ -235,7 +259,8 @@ def test_rollout_on_real_alfworld_games(tokenizer, alfworld_games):
     assert len(first.sampled_logprobs) == len(first.response_ids)
     assert "<|im_end|>" not in first.response_text and first.response_text.endswith("</action>")
     assert first.user_prompt_text == prompts.render_alfworld_prompt(
-        traj.task, first.observation, first.admissible_actions, [])
+      traj.task, first.observation, first.admissible_actions, []
+    )
     assert first.prompt_text == prompts.to_chat_text(tokenizer, first.user_prompt_text)
     if len(traj.steps) > 1:
       second = traj.steps[1]
@@ -256,16 +281,16 @@ def test_rollout_runs_waves_and_survives_a_killed_worker(tokenizer):
         os.kill(pool.worker_pids()[0], signal.SIGKILL)  # holds envs 0 and 2, mid-episode
       return [respond(tokenizer, "<think>climb</think><action>up</action>") for _ in prompt_ids]
 
-    trajectories = rollout.run_groups(pool, policy, tokenizer, ["3", "3"], group_size=2,
-                                      agent=rollout.alfworld_agent())
+    trajectories = rollout.run_groups(pool, policy, tokenizer, ["3", "3"], group_size=2, agent=rollout.alfworld_agent())
     failed = [t for t in trajectories if t.failure_reason]
     assert [t.traj_id for t in failed] == [0, 2]
     assert all("died" in t.failure_reason and not t.won and t.length == 2 for t in failed)
     assert all(t.won and t.length == 3 for t in trajectories if not t.failure_reason)
 
     # the worker is back: a second run (three tasks in two waves of four envs) is clean
-    trajectories = rollout.run_groups(pool, policy, tokenizer, ["1", "2", "3"], group_size=2,
-                                      agent=rollout.alfworld_agent(), max_prompt_tokens=40)
+    trajectories = rollout.run_groups(
+      pool, policy, tokenizer, ["1", "2", "3"], group_size=2, agent=rollout.alfworld_agent(), max_prompt_tokens=40
+    )
     assert [t.length for t in trajectories] == [1, 1, 2, 2, 3, 3]
     assert all(t.won and not t.failure_reason for t in trajectories)
     assert all(len(s.prompt_ids) == 40 for t in trajectories for s in t.steps)
@@ -274,9 +299,9 @@ def test_rollout_runs_waves_and_survives_a_killed_worker(tokenizer):
 
 def test_rollout_caps_episode_length(tokenizer):
   with EnvPool(StairsEnv, num_envs=2, num_workers=1) as pool:
-    wait = lambda prompt_ids: [respond(tokenizer, "<think>rest</think><action>wait</action>")
-                               for _ in prompt_ids]
-    trajectories = rollout.run_groups(pool, wait, tokenizer, ["2"], group_size=2,
-                                      agent=rollout.alfworld_agent(max_steps=3))
+    wait = lambda prompt_ids: [respond(tokenizer, "<think>rest</think><action>wait</action>") for _ in prompt_ids]
+    trajectories = rollout.run_groups(
+      pool, wait, tokenizer, ["2"], group_size=2, agent=rollout.alfworld_agent(max_steps=3)
+    )
   assert all(t.length == 3 and not t.won and t.info["truncated"] for t in trajectories)
   assert all(t.steps[-1].done for t in trajectories)

@@ -12,8 +12,7 @@ from opid_jax.envs import alfworld
 from opid_jax.envs.alfworld import AlfworldEnv, list_games, task_type_of
 from opid_jax.envs.pool import EnvPool, failure_of
 
-LOOK_AT_GAME = ("valid_seen/look_at_obj_in_light-AlarmClock-None-DeskLamp-323/"
-                "trial_T20190909_044715_250790/game.tw-pddl")
+LOOK_AT_GAME = "valid_seen/look_at_obj_in_light-AlarmClock-None-DeskLamp-323/trial_T20190909_044715_250790/game.tw-pddl"
 
 
 def sample_per_type(task_ids, per_type):
@@ -46,8 +45,7 @@ def test_reset_step_and_hindsight(alfworld_games):
   assert reset.observation.startswith("You are in the middle of a room.")
   assert reset.observation.endswith("Your task is to: look at alarmclock under the desklamp.")
   assert "go to desk 1" in reset.admissible_actions and "help" not in reset.admissible_actions
-  assert env.hindsight().expert_actions == (
-      "go to desk 1", "use desklamp 1", "take alarmclock 2 from desk 1")
+  assert env.hindsight().expert_actions == ("go to desk 1", "use desklamp 1", "take alarmclock 2 from desk 1")
 
   nothing = env.step("dance with the desklamp")
   assert (nothing.observation, nothing.reward, nothing.done) == ("Nothing happens.", 0.0, False)

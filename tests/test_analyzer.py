@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import tarfile
 import time
 
 import pytest
+from shared_data import ALFWORLD_ARCHIVE_DEFAULT
 
 from opid_jax.agent.trajectory import Step, Trajectory
 from opid_jax.envs.base import Hindsight
-from opid_jax.skills.analyzer import (AnalysisSpec, SkillParseError, SkillSet,
-                                      build_analysis_messages, discounted_returns, parse_skill_set)
+from opid_jax.skills.analyzer import (
+  AnalysisSpec,
+  SkillParseError,
+  SkillSet,
+  build_analysis_messages,
+  discounted_returns,
+  parse_skill_set,
+)
 from opid_jax.skills.backends import AnalyzerAPIError, make_backend
-from opid_jax.skills.openai_backend import ChatCompletionsClient
 from opid_jax.skills.records import AnalyzerStats
 from tests.fault_server import FaultServer
-
-from shared_data import ALFWORLD_ARCHIVE_DEFAULT
 
 ALFWORLD_ARCHIVE = os.environ.get("ALFWORLD_ARCHIVE") or ALFWORLD_ARCHIVE_DEFAULT
 GAME_FOLDER = "/pick_clean_then_place_in_recep-Apple-None-DiningTable-19/"
@@ -27,41 +31,69 @@ GAME_FOLDER = "/pick_clean_then_place_in_recep-Apple-None-DiningTable-19/"
 
 # ---------------------------------------------------------------- trajectories built by hand
 
+
 def make_step(index, observation, action, response=None, reward=0.0, valid=True):
-  return Step(index=index, observation=observation, admissible_actions=[], prompt_text="",
-              prompt_ids=[], response_ids=[], response_text=response or
-              f"<think>Next I act.</think><action>{action}</action>",
-              action=action, valid=valid, reward=reward)
+  return Step(
+    index=index,
+    observation=observation,
+    admissible_actions=[],
+    prompt_text="",
+    prompt_ids=[],
+    response_ids=[],
+    response_text=response or f"<think>Next I act.</think><action>{action}</action>",
+    action=action,
+    valid=valid,
+    reward=reward,
+  )
 
 
-def trajectory_from(actions_and_results, first_observation, won, task="put a clean apple in diningtable",
-                    hindsight=Hindsight(), traj_id=0, invalid_steps=(), responses=None):
+def trajectory_from(
+  actions_and_results,
+  first_observation,
+  won,
+  task="put a clean apple in diningtable",
+  hindsight=Hindsight(),
+  traj_id=0,
+  invalid_steps=(),
+  responses=None,
+):
   steps = []
   observation = first_observation
   for t, (action, result) in enumerate(actions_and_results):
     last = t == len(actions_and_results) - 1
     response = (responses or {}).get(t)
-    steps.append(make_step(t, observation, action, response, reward=10.0 if (won and last) else 0.0,
-                           valid=t not in invalid_steps))
+    steps.append(
+      make_step(t, observation, action, response, reward=10.0 if (won and last) else 0.0, valid=t not in invalid_steps)
+    )
     observation = result
-  return Trajectory(group_id=0, traj_id=traj_id, task_id="game", task=task, task_type="pick_clean",
-                    steps=steps, won=won, episode_return=10.0 if won else 0.0, hindsight=hindsight)
+  return Trajectory(
+    group_id=0,
+    traj_id=traj_id,
+    task_id="game",
+    task=task,
+    task_type="pick_clean",
+    steps=steps,
+    won=won,
+    episode_return=10.0 if won else 0.0,
+    hindsight=hindsight,
+  )
 
 
 ALFWORLD_START = (
-    "-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room. Looking quickly around you, "
-    "you see a cabinet 1, a countertop 1, a diningtable 1, a fridge 1, a microwave 1, a sinkbasin 1, "
-    "and a stoveburner 1.\n\nYour task is to: put a clean apple in diningtable.")
+  "-= Welcome to TextWorld, ALFRED! =-\n\nYou are in the middle of a room. Looking quickly around you, "
+  "you see a cabinet 1, a countertop 1, a diningtable 1, a fridge 1, a microwave 1, a sinkbasin 1, "
+  "and a stoveburner 1.\n\nYour task is to: put a clean apple in diningtable."
+)
 RESULTS = {
-    "go to microwave 1": "You arrive at microwave 1. The microwave 1 is closed.",
-    "open microwave 1": "You open the microwave 1. The microwave 1 is open. In it, you see a apple 1.",
-    "take apple 1 from microwave 1": "You pick up the apple 1 from the microwave 1.",
-    "go to sinkbasin 1": "You arrive at sinkbasin 1. On the sinkbasin 1, you see nothing.",
-    "clean apple 1 with sinkbasin 1": "You clean the apple 1 using the sinkbasin 1.",
-    "go to diningtable 1": "You arrive at diningtable 1. On the diningtable 1, you see a bread 1.",
-    "move apple 1 to diningtable 1": "You move the apple 1 to the diningtable 1.",
-    "go to countertop 1": "You arrive at countertop 1. On the countertop 1, you see a knife 1.",
-    "inventory": "You are carrying: a apple 1.",
+  "go to microwave 1": "You arrive at microwave 1. The microwave 1 is closed.",
+  "open microwave 1": "You open the microwave 1. The microwave 1 is open. In it, you see a apple 1.",
+  "take apple 1 from microwave 1": "You pick up the apple 1 from the microwave 1.",
+  "go to sinkbasin 1": "You arrive at sinkbasin 1. On the sinkbasin 1, you see nothing.",
+  "clean apple 1 with sinkbasin 1": "You clean the apple 1 using the sinkbasin 1.",
+  "go to diningtable 1": "You arrive at diningtable 1. On the diningtable 1, you see a bread 1.",
+  "move apple 1 to diningtable 1": "You move the apple 1 to the diningtable 1.",
+  "go to countertop 1": "You arrive at countertop 1. On the countertop 1, you see a knife 1.",
+  "inventory": "You are carrying: a apple 1.",
 }
 
 
@@ -78,32 +110,55 @@ def walkthrough():
 @pytest.fixture(scope="module")
 def winning(walkthrough):
   actions = list(walkthrough[:3]) + ["inventory"] + list(walkthrough[3:])  # one detour at step 3
-  return trajectory_from([(a, RESULTS[a]) for a in actions], ALFWORLD_START, won=True,
-                         hindsight=Hindsight(expert_actions=walkthrough))
+  return trajectory_from(
+    [(a, RESULTS[a]) for a in actions], ALFWORLD_START, won=True, hindsight=Hindsight(expert_actions=walkthrough)
+  )
 
 
 @pytest.fixture(scope="module")
 def losing(walkthrough):
-  actions = ["go to countertop 1", "go to microwave 1", "take apple 1 from microwave 1",
-             "open microwave 1", "take apple 1 from microwave 1", "go to diningtable 1",
-             "move apple 1 to diningtable 1", "look around", "go to countertop 1"]
+  actions = [
+    "go to countertop 1",
+    "go to microwave 1",
+    "take apple 1 from microwave 1",
+    "open microwave 1",
+    "take apple 1 from microwave 1",
+    "go to diningtable 1",
+    "move apple 1 to diningtable 1",
+    "look around",
+    "go to countertop 1",
+  ]
   results = [RESULTS.get(a, "Nothing happens.") for a in actions]
   results[2] = "Nothing happens."
-  return trajectory_from(list(zip(actions, results)), ALFWORLD_START, won=False,
-                         hindsight=Hindsight(expert_actions=walkthrough), traj_id=1,
-                         invalid_steps={7}, responses={7: "I will look around the room."})
+  return trajectory_from(
+    list(zip(actions, results)),
+    ALFWORLD_START,
+    won=False,
+    hindsight=Hindsight(expert_actions=walkthrough),
+    traj_id=1,
+    invalid_steps={7},
+    responses={7: "I will look around the room."},
+  )
 
 
 def test_walkthrough_is_the_real_one(walkthrough):
-  assert walkthrough == ("go to microwave 1", "open microwave 1", "take apple 1 from microwave 1",
-                         "go to sinkbasin 1", "clean apple 1 with sinkbasin 1", "go to diningtable 1",
-                         "move apple 1 to diningtable 1")
+  assert walkthrough == (
+    "go to microwave 1",
+    "open microwave 1",
+    "take apple 1 from microwave 1",
+    "go to sinkbasin 1",
+    "clean apple 1 with sinkbasin 1",
+    "go to diningtable 1",
+    "move apple 1 to diningtable 1",
+  )
 
 
 SEARCH_QUESTION = "who wrote the novel the old man and the sea?"
 SEARCH_START = f"Answer the question, searching when you need to. Your question: {SEARCH_QUESTION}"
-HEMINGWAY_DOCS = ("<information>Doc 1(Title: The Old Man and the Sea) The Old Man and the Sea is a "
-                  "novella by Ernest Hemingway, written in Cuba in 1951.</information>")
+HEMINGWAY_DOCS = (
+  "<information>Doc 1(Title: The Old Man and the Sea) The Old Man and the Sea is a "
+  "novella by Ernest Hemingway, written in Cuba in 1951.</information>"
+)
 OTHER_DOCS = "<information>Doc 1(Title: Sea) The sea is a large body of salt water.</information>"
 
 
@@ -111,18 +166,35 @@ def search_trajectory(final_answer: str | None, docs: str = HEMINGWAY_DOCS, sear
   steps = []
   observation = SEARCH_START
   for t in range(searches):
-    steps.append(make_step(t, observation, "old man and the sea author",
-                           "<think>Search first.</think><search>old man and the sea author</search>"))
+    steps.append(
+      make_step(
+        t,
+        observation,
+        "old man and the sea author",
+        "<think>Search first.</think><search>old man and the sea author</search>",
+      )
+    )
     observation = docs
   if final_answer is not None:
     won = final_answer.lower() in ("ernest hemingway", "hemingway")
-    steps.append(make_step(searches, observation, final_answer,
-                           f"<think>Done.</think><answer>{final_answer}</answer>", 1.0 if won else 0.0))
+    steps.append(
+      make_step(
+        searches, observation, final_answer, f"<think>Done.</think><answer>{final_answer}</answer>", 1.0 if won else 0.0
+      )
+    )
   else:
     won = False
-  return Trajectory(group_id=1, traj_id=7, task_id="nq-1", task=SEARCH_QUESTION, task_type="nq",
-                    steps=steps, won=won, episode_return=1.0 if won else 0.0,
-                    hindsight=Hindsight(gold_answers=("Ernest Hemingway", "Hemingway")))
+  return Trajectory(
+    group_id=1,
+    traj_id=7,
+    task_id="nq-1",
+    task=SEARCH_QUESTION,
+    task_type="nq",
+    steps=steps,
+    won=won,
+    episode_return=1.0 if won else 0.0,
+    hindsight=Hindsight(gold_answers=("Ernest Hemingway", "Hemingway")),
+  )
 
 
 def tiny_trajectory(num_steps=4, traj_id=0):
@@ -130,14 +202,20 @@ def tiny_trajectory(num_steps=4, traj_id=0):
   return trajectory_from(actions, ALFWORLD_START, won=False, traj_id=traj_id)
 
 
-GOOD_REPLY = json.dumps({"episode_summary": "Went to the wrong place.",
-                         "episode_skill": "Check the microwave first.",
-                         "step_skills": {"0": "Go to microwave 1.", "2": "Open microwave 1."}})
-GOOD_SKILLS = SkillSet("Went to the wrong place.", "Check the microwave first.",
-                       {0: "Go to microwave 1.", 2: "Open microwave 1."})
+GOOD_REPLY = json.dumps(
+  {
+    "episode_summary": "Went to the wrong place.",
+    "episode_skill": "Check the microwave first.",
+    "step_skills": {"0": "Go to microwave 1.", "2": "Open microwave 1."},
+  }
+)
+GOOD_SKILLS = SkillSet(
+  "Went to the wrong place.", "Check the microwave first.", {0: "Go to microwave 1.", 2: "Open microwave 1."}
+)
 
 
 # ---------------------------------------------------------------- request text
+
 
 def test_discounted_returns():
   assert discounted_returns([0.0, 0.0, 10.0], 0.95) == pytest.approx([9.025, 9.5, 10.0])
@@ -156,7 +234,7 @@ def test_request_holds_task_outcome_and_every_step(winning, losing):
     assert f"### Step {step.index} (G_{step.index} = " in text
     assert step.response_text in text
     assert step.observation in text
-  assert f"(G_0 = {10 * 0.95 ** 7:.4f})" in text and "(G_7 = 10.0000)" in text
+  assert f"(G_0 = {10 * 0.95**7:.4f})" in text and "(G_7 = 10.0000)" in text
   assert "At most 5 entries" in text and '"7"' in text
   assert '"episode_summary"' in text and '"episode_skill"' in text and '"step_skills"' in text
 
@@ -179,43 +257,72 @@ def test_request_clips_long_observations_only_when_asked():
 # ---------------------------------------------------------------- lenient parsing (golden cases)
 
 PARSE_CASES = {
-    "clean": (GOOD_REPLY, 4, 5, GOOD_SKILLS),
-    "fenced": (f"```json\n{GOOD_REPLY}\n```", 4, 5, GOOD_SKILLS),
-    "fenced_without_language": (f"Here:\n```\n{GOOD_REPLY}\n```\nDone.", 4, 5, GOOD_SKILLS),
-    "trailing_commas": (
-        '{"episode_summary": "Went to the wrong place.", "episode_skill": "Check the microwave first.",'
-        ' "step_skills": {"0": "Go to microwave 1.", "2": "Open microwave 1.",},}', 4, 5, GOOD_SKILLS),
-    "surrounding_prose": (f"Sure! Here is my analysis {{of course}}:\n{GOOD_REPLY}\nLet me know.",
-                          4, 5, GOOD_SKILLS),
-    "string_keys": (
-        '{"episode_summary": "s", "episode_skill": "e", "step_skills": '
-        '{"step 3": "a", "Step_1": "b", "t=2": "c", " 0 ": "d", "first": "dropped"}}', 4, 5,
-        SkillSet("s", "e", {3: "a", 1: "b", 2: "c", 0: "d"})),
-    "duplicate_keys": (
-        '{"episode_summary": "s", "episode_skill": "", "episode_skill": "kept", '
-        '"step_skills": {"1": "first", "1": "second", "step 1": "third", "2": "x"}}', 4, 5,
-        SkillSet("s", "kept", {1: "first", 2: "x"})),
-    "too_many_step_skills": (
-        json.dumps({"episode_summary": "s", "episode_skill": "e",
-                    "step_skills": {str(i): f"skill {i}" for i in (7, 1, 5, 3, 0, 2, 4, 6)}}), 8, 2,
-        SkillSet("s", "e", {7: "skill 7", 1: "skill 1"})),
-    "indices_outside_trajectory": (
-        '{"episode_summary": "s", "episode_skill": "e", '
-        '"step_skills": {"-1": "neg", "4": "past end", "99": "far", "3": "last", "1": "ok", "2": ""}}',
-        4, 1, SkillSet("s", "e", {3: "last"})),
-    "list_of_records_and_whitespace": (
-        '{"episode_summary": "s", "episode_skill": "line one\nline two", '
-        '"step_skills": [{"step": 2, "skill": "two"}, {"index": "1", "text": "one"}, '
-        '{"step": 9, "skill": "x"}]}',
-        4, 5, SkillSet("s", "line one line two", {2: "two", 1: "one"})),
-    "missing_step_skills": ('{"episode_skill": "e"}', 4, 5, SkillSet("", "e", {})),
-    "decoy_object_first": (
-        'Format: {"a": 1}. Answer: {"episode_summary": "s", "episode_skill": "e", "step_skills": {}}',
-        4, 5, SkillSet("s", "e", {})),
-    "braces_inside_strings": (
-        '{"episode_summary": "used {curly} and \\"quotes\\", ok", "episode_skill": "e ] }", '
-        '"step_skills": {"0": "type click[Buy Now], then stop",}}', 4, 5,
-        SkillSet('used {curly} and "quotes", ok', "e ] }", {0: "type click[Buy Now], then stop"})),
+  "clean": (GOOD_REPLY, 4, 5, GOOD_SKILLS),
+  "fenced": (f"```json\n{GOOD_REPLY}\n```", 4, 5, GOOD_SKILLS),
+  "fenced_without_language": (f"Here:\n```\n{GOOD_REPLY}\n```\nDone.", 4, 5, GOOD_SKILLS),
+  "trailing_commas": (
+    '{"episode_summary": "Went to the wrong place.", "episode_skill": "Check the microwave first.",'
+    ' "step_skills": {"0": "Go to microwave 1.", "2": "Open microwave 1.",},}',
+    4,
+    5,
+    GOOD_SKILLS,
+  ),
+  "surrounding_prose": (f"Sure! Here is my analysis {{of course}}:\n{GOOD_REPLY}\nLet me know.", 4, 5, GOOD_SKILLS),
+  "string_keys": (
+    '{"episode_summary": "s", "episode_skill": "e", "step_skills": '
+    '{"step 3": "a", "Step_1": "b", "t=2": "c", " 0 ": "d", "first": "dropped"}}',
+    4,
+    5,
+    SkillSet("s", "e", {3: "a", 1: "b", 2: "c", 0: "d"}),
+  ),
+  "duplicate_keys": (
+    '{"episode_summary": "s", "episode_skill": "", "episode_skill": "kept", '
+    '"step_skills": {"1": "first", "1": "second", "step 1": "third", "2": "x"}}',
+    4,
+    5,
+    SkillSet("s", "kept", {1: "first", 2: "x"}),
+  ),
+  "too_many_step_skills": (
+    json.dumps(
+      {
+        "episode_summary": "s",
+        "episode_skill": "e",
+        "step_skills": {str(i): f"skill {i}" for i in (7, 1, 5, 3, 0, 2, 4, 6)},
+      }
+    ),
+    8,
+    2,
+    SkillSet("s", "e", {7: "skill 7", 1: "skill 1"}),
+  ),
+  "indices_outside_trajectory": (
+    '{"episode_summary": "s", "episode_skill": "e", '
+    '"step_skills": {"-1": "neg", "4": "past end", "99": "far", "3": "last", "1": "ok", "2": ""}}',
+    4,
+    1,
+    SkillSet("s", "e", {3: "last"}),
+  ),
+  "list_of_records_and_whitespace": (
+    '{"episode_summary": "s", "episode_skill": "line one\nline two", '
+    '"step_skills": [{"step": 2, "skill": "two"}, {"index": "1", "text": "one"}, '
+    '{"step": 9, "skill": "x"}]}',
+    4,
+    5,
+    SkillSet("s", "line one line two", {2: "two", 1: "one"}),
+  ),
+  "missing_step_skills": ('{"episode_skill": "e"}', 4, 5, SkillSet("", "e", {})),
+  "decoy_object_first": (
+    'Format: {"a": 1}. Answer: {"episode_summary": "s", "episode_skill": "e", "step_skills": {}}',
+    4,
+    5,
+    SkillSet("s", "e", {}),
+  ),
+  "braces_inside_strings": (
+    '{"episode_summary": "used {curly} and \\"quotes\\", ok", "episode_skill": "e ] }", '
+    '"step_skills": {"0": "type click[Buy Now], then stop",}}',
+    4,
+    5,
+    SkillSet('used {curly} and "quotes", ok', "e ] }", {0: "type click[Buy Now], then stop"}),
+  ),
 }
 
 
@@ -225,9 +332,9 @@ def test_parse_golden(name):
   assert parse_skill_set(reply, num_steps, max_step_skills) == expected
 
 
-@pytest.mark.parametrize("reply", [
-    "", "The agent did fine.", '{"summary": "no skill key"}', "```json\n{broken\n```",
-    '["episode_skill"]'])
+@pytest.mark.parametrize(
+  "reply", ["", "The agent did fine.", '{"summary": "no skill key"}', "```json\n{broken\n```", '["episode_skill"]']
+)
 def test_parse_failures(reply):
   with pytest.raises(SkillParseError):
     parse_skill_set(reply, 4, 5)
@@ -235,22 +342,27 @@ def test_parse_failures(reply):
 
 # ---------------------------------------------------------------- the repair loop (local backend)
 
+
 def scripted_chat_fn(replies_per_round, seen):
   rounds = iter(replies_per_round)
 
   def chat_fn(conversations):
     seen.append(conversations)
-    return next(rounds)[:len(conversations)]
+    return next(rounds)[: len(conversations)]
+
   return chat_fn
 
 
 def test_local_backend_repairs_then_gives_up():
   seen = []
-  chat_fn = scripted_chat_fn([
+  chat_fn = scripted_chat_fn(
+    [
       [GOOD_REPLY, "no json here", "still no json", '{"episode_skill": "", "step_skills": {"0": "x"}}'],
       [GOOD_REPLY, "nope"],
       ["never"],
-  ], seen)
+    ],
+    seen,
+  )
   trajectories = [tiny_trajectory(traj_id=i) for i in range(4)]
   with make_backend("local", chat_fn=chat_fn, max_step_skills=5) as backend:
     handle = backend.analyze_many_async(trajectories)
@@ -265,15 +377,25 @@ def test_local_backend_repairs_then_gives_up():
   assert [m["role"] for m in repair] == ["system", "user", "assistant", "user"]
   assert repair[2]["content"] == "no json here" and "JSON object" in repair[3]["content"]
   stats = handle.stats.as_dict()
-  assert stats == {"trajectories": 4, "skipped": 0, "calls": 7, "retries": 0, "repairs": 3,
-                   "parse_failures": 4, "final_failures": 1, "empty_skills": 1, "with_skill": 2,
-                   "seconds": pytest.approx(stats["seconds"])}
+  assert stats == {
+    "trajectories": 4,
+    "skipped": 0,
+    "calls": 7,
+    "retries": 0,
+    "repairs": 3,
+    "parse_failures": 4,
+    "final_failures": 1,
+    "empty_skills": 1,
+    "with_skill": 2,
+    "seconds": pytest.approx(stats["seconds"]),
+  }
   assert stats["seconds"] > 0 and backend.last_stats is handle.stats
 
 
 def test_local_backend_failures_and_skips():
   def broken(conversations):
     raise RuntimeError("sampler exploded")
+
   no_steps = Trajectory(group_id=0, traj_id=5, task_id="t", task="t", task_type="x")
   faulted = tiny_trajectory(traj_id=6)
   faulted.failure_reason = "worker died"
@@ -305,38 +427,111 @@ def test_factory_rejects_unknown_names_and_options():
 
 # ---------------------------------------------------------------- openai backend against the fault server
 
+
 def openai_backend(server, **overrides):
-  options = dict(base_url=server.base_url, model="fault-model", timeout_s=2.0, backoff_base_s=0.01,
-                 backoff_max_s=0.05, concurrency=4, max_step_skills=5)
+  options = dict(
+    base_url=server.base_url,
+    model="fault-model",
+    timeout_s=2.0,
+    backoff_base_s=0.01,
+    backoff_max_s=0.05,
+    concurrency=4,
+    max_step_skills=5,
+  )
   options.update(overrides)
   return make_backend("openai", **options)
 
 
-BAD_INDEX_REPLY = json.dumps({"episode_summary": "s", "episode_skill": "e",
-                              "step_skills": {"9": "past the end", "-2": "negative", "step 1": "kept"}})
+BAD_INDEX_REPLY = json.dumps(
+  {
+    "episode_summary": "s",
+    "episode_skill": "e",
+    "step_skills": {"9": "past the end", "-2": "negative", "step 1": "kept"},
+  }
+)
 
 FAULT_CASES = {
-    # name: (script, default, reply, options, expected skills, expected counters)
-    "good": ([], "ok", GOOD_REPLY, {}, GOOD_SKILLS,
-             dict(calls=1, retries=0, repairs=0, parse_failures=0, final_failures=0)),
-    "server_errors": ([], "500", GOOD_REPLY, {}, None,
-                      dict(calls=6, retries=5, repairs=0, parse_failures=0, final_failures=1)),
-    "rate_limited_then_ok": (["429"], "ok", GOOD_REPLY, {}, GOOD_SKILLS,
-                             dict(calls=2, retries=1, repairs=0, parse_failures=0, final_failures=0)),
-    "slow_then_ok": (["slow"], "ok", GOOD_REPLY, {"timeout_s": 0.3}, GOOD_SKILLS,
-                     dict(calls=2, retries=1, repairs=0, parse_failures=0, final_failures=0)),
-    "always_slow": ([], "slow", GOOD_REPLY, {"timeout_s": 0.2, "max_api_retries": 2}, None,
-                    dict(calls=3, retries=2, repairs=0, parse_failures=0, final_failures=1)),
-    "garbage": ([], "garbage", GOOD_REPLY, {}, None,
-                dict(calls=3, retries=0, repairs=2, parse_failures=3, final_failures=1)),
-    "garbage_then_good": (["garbage"], "ok", GOOD_REPLY, {}, GOOD_SKILLS,
-                          dict(calls=2, retries=0, repairs=1, parse_failures=1, final_failures=0)),
-    "garbage_body_then_ok": (["garbage_body"], "ok", GOOD_REPLY, {}, GOOD_SKILLS,
-                             dict(calls=2, retries=1, repairs=0, parse_failures=0, final_failures=0)),
-    "bad_indices": ([], "ok", BAD_INDEX_REPLY, {}, SkillSet("s", "e", {1: "kept"}),
-                    dict(calls=1, retries=0, repairs=0, parse_failures=0, final_failures=0)),
-    "not_retryable": ([], "400", GOOD_REPLY, {}, None,
-                      dict(calls=1, retries=0, repairs=0, parse_failures=0, final_failures=1)),
+  # name: (script, default, reply, options, expected skills, expected counters)
+  "good": (
+    [],
+    "ok",
+    GOOD_REPLY,
+    {},
+    GOOD_SKILLS,
+    dict(calls=1, retries=0, repairs=0, parse_failures=0, final_failures=0),
+  ),
+  "server_errors": (
+    [],
+    "500",
+    GOOD_REPLY,
+    {},
+    None,
+    dict(calls=6, retries=5, repairs=0, parse_failures=0, final_failures=1),
+  ),
+  "rate_limited_then_ok": (
+    ["429"],
+    "ok",
+    GOOD_REPLY,
+    {},
+    GOOD_SKILLS,
+    dict(calls=2, retries=1, repairs=0, parse_failures=0, final_failures=0),
+  ),
+  "slow_then_ok": (
+    ["slow"],
+    "ok",
+    GOOD_REPLY,
+    {"timeout_s": 0.3},
+    GOOD_SKILLS,
+    dict(calls=2, retries=1, repairs=0, parse_failures=0, final_failures=0),
+  ),
+  "always_slow": (
+    [],
+    "slow",
+    GOOD_REPLY,
+    {"timeout_s": 0.2, "max_api_retries": 2},
+    None,
+    dict(calls=3, retries=2, repairs=0, parse_failures=0, final_failures=1),
+  ),
+  "garbage": (
+    [],
+    "garbage",
+    GOOD_REPLY,
+    {},
+    None,
+    dict(calls=3, retries=0, repairs=2, parse_failures=3, final_failures=1),
+  ),
+  "garbage_then_good": (
+    ["garbage"],
+    "ok",
+    GOOD_REPLY,
+    {},
+    GOOD_SKILLS,
+    dict(calls=2, retries=0, repairs=1, parse_failures=1, final_failures=0),
+  ),
+  "garbage_body_then_ok": (
+    ["garbage_body"],
+    "ok",
+    GOOD_REPLY,
+    {},
+    GOOD_SKILLS,
+    dict(calls=2, retries=1, repairs=0, parse_failures=0, final_failures=0),
+  ),
+  "bad_indices": (
+    [],
+    "ok",
+    BAD_INDEX_REPLY,
+    {},
+    SkillSet("s", "e", {1: "kept"}),
+    dict(calls=1, retries=0, repairs=0, parse_failures=0, final_failures=0),
+  ),
+  "not_retryable": (
+    [],
+    "400",
+    GOOD_REPLY,
+    {},
+    None,
+    dict(calls=1, retries=0, repairs=0, parse_failures=0, final_failures=1),
+  ),
 }
 
 
@@ -419,10 +614,25 @@ def test_api_key_goes_only_into_the_header(monkeypatch, caplog, capsys):
   assert "[redacted]" in bad[0].failure  # the server echoed the key; we scrubbed it
 
   error = raised.value
-  exposed = [caplog.text, repr(backend), str(backend), repr(failing), repr(client), repr(vars(client)),
-             repr(vars(failing)), repr(good), repr(bad), repr(good_stats), repr(failing.last_stats),
-             str(good_stats.as_dict()), str(error), repr(error), repr(error.__cause__),
-             repr(error.__context__), repr(backend.spec)]
+  exposed = [
+    caplog.text,
+    repr(backend),
+    str(backend),
+    repr(failing),
+    repr(client),
+    repr(vars(client)),
+    repr(vars(failing)),
+    repr(good),
+    repr(bad),
+    repr(good_stats),
+    repr(failing.last_stats),
+    str(good_stats.as_dict()),
+    str(error),
+    repr(error),
+    repr(error.__cause__),
+    repr(error.__context__),
+    repr(backend.spec),
+  ]
   captured = capsys.readouterr()
   exposed += [captured.out, captured.err]
   assert caplog.text  # the retries were logged
@@ -445,8 +655,10 @@ def test_no_key_means_no_authorization_header():
 
 # ---------------------------------------------------------------- expert backend (golden skills)
 
-PLAN = ("go to microwave 1 -> open microwave 1 -> take apple 1 from microwave 1 -> go to sinkbasin 1 -> "
-        "clean apple 1 with sinkbasin 1 -> go to diningtable 1 -> move apple 1 to diningtable 1")
+PLAN = (
+  "go to microwave 1 -> open microwave 1 -> take apple 1 from microwave 1 -> go to sinkbasin 1 -> "
+  "clean apple 1 with sinkbasin 1 -> go to diningtable 1 -> move apple 1 to diningtable 1"
+)
 
 
 def expert_skills(trajectory, max_step_skills=5):
@@ -458,55 +670,72 @@ def expert_skills(trajectory, max_step_skills=5):
 
 def test_expert_winning_alfworld(winning):
   assert expert_skills(winning) == SkillSet(
-      "The task was completed in 8 steps.",
-      f"Workflow that solves this task: {PLAN}.",
-      {3: "Do 'go to sinkbasin 1' now: it is the next action of the plan that solves this task."})
+    "The task was completed in 8 steps.",
+    f"Workflow that solves this task: {PLAN}.",
+    {3: "Do 'go to sinkbasin 1' now: it is the next action of the plan that solves this task."},
+  )
 
 
 def test_expert_losing_alfworld(losing):
   def advice(action):
     return f"Do '{action}' now: it is the next action of the plan that solves this task."
+
   assert expert_skills(losing) == SkillSet(
-      "The task was not completed in 9 steps; the agent first left the plan at step 0.",
-      "Mistake to avoid: at step 0 you did 'go to countertop 1' where the plan needed "
-      f"'go to microwave 1', and the task was never completed. Follow this plan instead: {PLAN}.",
-      {0: advice("go to microwave 1"), 2: advice("open microwave 1"), 5: advice("go to sinkbasin 1"),
-       6: advice("go to sinkbasin 1"), 7: advice("go to sinkbasin 1")})  # 8 is past the limit
+    "The task was not completed in 9 steps; the agent first left the plan at step 0.",
+    "Mistake to avoid: at step 0 you did 'go to countertop 1' where the plan needed "
+    f"'go to microwave 1', and the task was never completed. Follow this plan instead: {PLAN}.",
+    {
+      0: advice("go to microwave 1"),
+      2: advice("open microwave 1"),
+      5: advice("go to sinkbasin 1"),
+      6: advice("go to sinkbasin 1"),
+      7: advice("go to sinkbasin 1"),
+    },
+  )  # 8 is past the limit
   assert list(expert_skills(losing, max_step_skills=2).step_skills) == [0, 2]
 
 
 def test_expert_losing_alfworld_that_stopped_on_plan(walkthrough):
   actions = list(walkthrough[:2])
-  trajectory = trajectory_from([(a, RESULTS[a]) for a in actions], ALFWORLD_START, won=False,
-                               hindsight=Hindsight(expert_actions=walkthrough))
+  trajectory = trajectory_from(
+    [(a, RESULTS[a]) for a in actions], ALFWORLD_START, won=False, hindsight=Hindsight(expert_actions=walkthrough)
+  )
   skills = expert_skills(trajectory)
-  assert skills.episode_skill == ("Mistake to avoid: stopping before the plan is finished (2 of 7 "
-                                  f"actions done). Follow this plan to the end: {PLAN}.")
+  assert skills.episode_skill == (
+    "Mistake to avoid: stopping before the plan is finished (2 of 7 "
+    f"actions done). Follow this plan to the end: {PLAN}."
+  )
   assert skills.step_skills == {}
 
 
 def test_expert_search():
   assert expert_skills(search_trajectory("John Steinbeck"), max_step_skills=2) == SkillSet(
-      "The agent answered 'John Steinbeck', but the correct answer is 'Ernest Hemingway'.",
-      "Mistake to avoid: answering 'John Steinbeck' without evidence for it; the correct answer is "
-      "'Ernest Hemingway'. Search until a passage states the answer, then answer with what it says.",
-      {1: "Answer <answer>Ernest Hemingway</answer> instead of 'John Steinbeck': the passages you "
-          "saw at step 1 name it."})
+    "The agent answered 'John Steinbeck', but the correct answer is 'Ernest Hemingway'.",
+    "Mistake to avoid: answering 'John Steinbeck' without evidence for it; the correct answer is "
+    "'Ernest Hemingway'. Search until a passage states the answer, then answer with what it says.",
+    {
+      1: "Answer <answer>Ernest Hemingway</answer> instead of 'John Steinbeck': the passages you saw at step 1 name it."
+    },
+  )
   assert expert_skills(search_trajectory("hemingway"), max_step_skills=2) == SkillSet(
-      "The agent answered 'hemingway', which is correct.",
-      "Workflow that worked: search for the question's key entity, read the passages for the answer, "
-      "then answer <answer>Hemingway</answer>.",
-      {1: "Answer <answer>Hemingway</answer>: the passages you saw at step 1 name it."})
+    "The agent answered 'hemingway', which is correct.",
+    "Workflow that worked: search for the question's key entity, read the passages for the answer, "
+    "then answer <answer>Hemingway</answer>.",
+    {1: "Answer <answer>Hemingway</answer>: the passages you saw at step 1 name it."},
+  )
 
 
 def test_expert_search_without_evidence_or_answer():
   trajectory = search_trajectory(None, docs=OTHER_DOCS, searches=4)
   assert expert_skills(trajectory, max_step_skills=2) == SkillSet(
-      "The agent never answered; the correct answer is 'Ernest Hemingway'.",
-      "Mistake to avoid: using every step without answering; the correct answer is 'Ernest Hemingway'. "
-      "Answer as soon as a passage states it.",
-      {0: "Search for the question's key entity so that the passages mention 'Ernest Hemingway'.",
-       3: "Stop searching and answer <answer>Ernest Hemingway</answer>."})
+    "The agent never answered; the correct answer is 'Ernest Hemingway'.",
+    "Mistake to avoid: using every step without answering; the correct answer is 'Ernest Hemingway'. "
+    "Answer as soon as a passage states it.",
+    {
+      0: "Search for the question's key entity so that the passages mention 'Ernest Hemingway'.",
+      3: "Stop searching and answer <answer>Ernest Hemingway</answer>.",
+    },
+  )
   assert list(expert_skills(trajectory, max_step_skills=1).step_skills) == [0]
 
 

@@ -20,17 +20,23 @@ from opid_jax.checkpoint.checkpointer import Checkpointer, PreemptionGuard
 from opid_jax.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-HOST_STATE = {"task_position": 17, "py_rng": [3, [1, 2, 3], None], "np_rng": {"state": {"key": [5, 6]}},
-              "config": {"lr": 1e-6, "routing": "episode_only"}}
+HOST_STATE = {
+  "task_position": 17,
+  "py_rng": [3, [1, 2, 3], None],
+  "np_rng": {"state": {"key": [5, 6]}},
+  "config": {"lr": 1e-6, "routing": "episode_only"},
+}
 
 
 def _train_state(seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   return {
-      "params": {"w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
-                 "emb": jnp.asarray(rng.normal(size=(16, 4)), jnp.bfloat16)},
-      "opt": {"count": jnp.int32(seed), "mu": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)},
-      "rng": jax.random.key_data(jax.random.key(seed)),
+    "params": {
+      "w": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32),
+      "emb": jnp.asarray(rng.normal(size=(16, 4)), jnp.bfloat16),
+    },
+    "opt": {"count": jnp.int32(seed), "mu": jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)},
+    "rng": jax.random.key_data(jax.random.key(seed)),
   }
 
 
@@ -46,8 +52,14 @@ def _assert_trees_equal(a, b):
 
 
 def _run_python(script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=REPO_ROOT, text=True,
-                        capture_output=True, env=dict(os.environ, JAX_PLATFORMS="cpu", **env), timeout=120)
+  return subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(script), *args],
+    cwd=REPO_ROOT,
+    text=True,
+    capture_output=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
+    timeout=120,
+  )
 
 
 def test_round_trip_of_device_and_host_state(tmp_path):
@@ -77,7 +89,14 @@ def test_cadence_force_and_retention(tmp_path):
   ckpt = Checkpointer(str(tmp_path), keep=2, save_every=3, async_save=True)
   state = _train_state()
   assert [ckpt.save(step, state, {"step": step}) for step in range(1, 8)] == [
-      False, False, True, False, False, True, False]
+    False,
+    False,
+    True,
+    False,
+    False,
+    True,
+    False,
+  ]
   assert ckpt.save(7, state, {"step": 7}, force=True)  # the preemption save
   assert not ckpt.save(7, state, {"step": 7}, force=True)  # already there: no error, no second save
   ckpt.wait()
@@ -121,7 +140,8 @@ def test_restore_onto_a_different_structure_names_the_leaves(tmp_path):
 
 
 def test_sharded_state_restores_onto_the_same_shardings(tmp_path):
-  result = _run_python("""
+  result = _run_python(
+    """
       import sys
       import jax, jax.numpy as jnp, numpy as np
       import orbax.checkpoint as ocp
@@ -147,12 +167,16 @@ def test_sharded_state_restores_onto_the_same_shardings(tmp_path):
         assert restored[k].dtype == state[k].dtype
         np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(values[k]))
       print("OK")
-      """, str(tmp_path), XLA_FLAGS="--xla_force_host_platform_device_count=8")
+      """,
+    str(tmp_path),
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
   assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr[-3000:]
 
 
 def test_save_killed_mid_write_is_ignored(tmp_path):
-  result = _run_python("""
+  result = _run_python(
+    """
       import os, signal, sys, time
       import jax.numpy as jnp
       from opid_jax.checkpoint.checkpointer import Checkpointer
@@ -165,7 +189,9 @@ def test_save_killed_mid_write_is_ignored(tmp_path):
       while not os.path.exists(os.path.join(sys.argv[1], "2.orbax-checkpoint-tmp")):
         time.sleep(0.001)
       os.kill(os.getpid(), signal.SIGKILL)
-      """, str(tmp_path))
+      """,
+    str(tmp_path),
+  )
   assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2.orbax-checkpoint-tmp"]
 
@@ -221,7 +247,9 @@ def test_second_sigint_interrupts_at_once():
 
 def test_relative_directory_works(tmp_path, monkeypatch):
   import jax.numpy as jnp
+
   from opid_jax.checkpoint.checkpointer import Checkpointer
+
   monkeypatch.chdir(tmp_path)
   ckpt = Checkpointer("runs/x/checkpoints", keep=2, save_every=1, async_save=False)
   state = {"w": jnp.arange(4.0)}

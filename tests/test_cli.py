@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from hf_fixtures import hf_logits
+
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.model import loading, tokenizer as tok
 
@@ -26,14 +26,21 @@ def model_dir(tiny_policy_dir):
 
 
 def test_generate_prints_the_greedy_continuation(model_dir):
-  res = run_tool("opid_jax.generate", f"--model={model_dir}", "--prompt=Your task is to: put a mug",
-                 "--chat", "--greedy", "--max_new_tokens=12")
+  res = run_tool(
+    "opid_jax.generate",
+    f"--model={model_dir}",
+    "--prompt=Your task is to: put a mug",
+    "--chat",
+    "--greedy",
+    "--max_new_tokens=12",
+  )
   assert res.returncode == 0, res.stderr
   loaded = loading.load(model_dir)
   ids = tok.prompt_ids(loaded.tokenizer, "Your task is to: put a mug", chat=True)
   assert ids[:1] == loaded.tokenizer.convert_tokens_to_ids(["<|im_start|>"])
   out = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id).generate(
-      [ids], SamplingParams(temperature=0.0, max_new_tokens=12))
+    [ids], SamplingParams(temperature=0.0, max_new_tokens=12)
+  )
   assert res.stdout == loaded.tokenizer.decode(out.tokens[0], skip_special_tokens=True) + "\n"
 
 
@@ -46,8 +53,9 @@ def test_score_prints_tokens_and_logprobs(model_dir):
   p_ids, r_ids = tok.encode(loaded.tokenizer, prompt), tok.encode(loaded.tokenizer, response)
   assert got["tokens"] == r_ids
   import transformers
+
   ref = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-  logp = torch.log_softmax(torch.tensor(hf_logits(ref, p_ids + r_ids)[len(p_ids) - 1:-1]), -1)
+  logp = torch.log_softmax(torch.tensor(hf_logits(ref, p_ids + r_ids)[len(p_ids) - 1 : -1]), -1)
   want = logp[torch.arange(len(r_ids)), torch.tensor(r_ids)].numpy()
   np.testing.assert_allclose(got["logprobs"], want, atol=1e-4)
 
@@ -72,6 +80,7 @@ def test_missing_path(tmp_path):
 
 def test_folder_without_weights(tmp_path, model_dir):
   import shutil
+
   shutil.copy(os.path.join(model_dir, "config.json"), tmp_path / "config.json")
   res = run_tool("opid_jax.score", f"--model={tmp_path}", "--prompt=hi", "--response=there")
   _assert_one_line_error(res, "no *.safetensors")

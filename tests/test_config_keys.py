@@ -43,8 +43,12 @@ def _read_name(node) -> str | None:
 def read_names(source: str) -> set[str]:
   """The attribute and item names `source` reads, outside functions named validate*."""
   tree = ast.parse(source)
-  skipped = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name.startswith("validate")
-             for n in ast.walk(f)}
+  skipped = {
+    id(n)
+    for f in ast.walk(tree)
+    if isinstance(f, ast.FunctionDef) and f.name.startswith("validate")
+    for n in ast.walk(f)
+  }
   return {name for node in ast.walk(tree) if id(node) not in skipped and (name := _read_name(node))}
 
 
@@ -74,6 +78,11 @@ def validate(config):
   assert config.train.log_every > 0  # a check is not a use
 """
   names = read_names(source)
-  config = {"train": {"steps": 1, "log_every": 1}, "ppo": {"epochs": 1}, "checkpoint": {"dir": ""},
-            "optim": {"lr": 1e-6}, "env": {"eval_split": "valid"}}
+  config = {
+    "train": {"steps": 1, "log_every": 1},
+    "ppo": {"epochs": 1},
+    "checkpoint": {"dir": ""},
+    "optim": {"lr": 1e-6},
+    "env": {"eval_split": "valid"},
+  }
   assert unread_keys(config, names) == ["train.log_every", "env.eval_split"]

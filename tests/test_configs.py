@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from opid_jax.errors import UserError
@@ -29,7 +28,12 @@ def test_configs_validate(name):
 
 def test_paper_settings():
   a, s, w = load("alfworld"), load("search_qa"), load("webshop")
-  assert (a.rollout.max_steps, a.rollout.history_window, a.rollout.tasks_per_batch, a.rollout.group_size) == (30, 5, 16, 8)
+  assert (a.rollout.max_steps, a.rollout.history_window, a.rollout.tasks_per_batch, a.rollout.group_size) == (
+    30,
+    5,
+    16,
+    8,
+  )
   assert (s.rollout.max_steps, s.rollout.history_window, s.rollout.tasks_per_batch) == (4, 4, 128)
   assert (w.rollout.max_steps, w.rollout.history_window) == (15, 2)
   assert a.opid.invalid_penalty == 0.1 and s.opid.invalid_penalty == 0.01
@@ -59,7 +63,9 @@ def smoke(overrides):
   return with_overrides(c, overrides)
 
 
-@pytest.mark.parametrize("overrides,needle", [
+@pytest.mark.parametrize(
+  "overrides,needle",
+  [
     ({"rollout.group_size": 1}, "rollout.group_size=1 must be >= 2"),
     ({"ppo.epochs": 0}, "ppo.epochs=0 must be >= 1"),
     ({"ppo.mini_batch_size": 0}, "ppo.mini_batch_size=0 must be >= 1"),
@@ -69,23 +75,30 @@ def smoke(overrides):
     ({"optim.b1": 1.0}, "optim.b1=1.0 must be in [0.0, 1.0)"),
     ({"optim.b2": 1.0}, "optim.b2=1.0 must be in [0.0, 1.0)"),
     ({"optim.eps": 0.0}, "optim.eps=0.0 must be > 0.0"),
-    ({"optim.schedule": "cosine"}, "optim.schedule='cosine' decays over train.steps=2 optimizer updates, but an "
-                                   "iteration can make up to 2"),
+    (
+      {"optim.schedule": "cosine"},
+      "optim.schedule='cosine' decays over train.steps=2 optimizer updates, but an iteration can make up to 2",
+    ),
     ({"train.steps": 0}, "train.steps=0 must be >= 1"),
     ({"opid.lambda_skill": -0.1}, "opid.lambda_skill=-0.1 must be >= 0.0"),
-    ({"opid.routing": "step_only", "analyzer.max_step_skills": 0}, "analyzer.max_step_skills=0 with "
-                                                                    "opid.routing=step_only injects no skill"),
+    (
+      {"opid.routing": "step_only", "analyzer.max_step_skills": 0},
+      "analyzer.max_step_skills=0 with opid.routing=step_only injects no skill",
+    ),
     ({"env.step_timeout_s": 0.0}, "env.step_timeout_s=0.0 must be > 0.0"),
     ({"analyzer.concurrency": 0}, "analyzer.concurrency=0 must be >= 1"),
     ({"analyzer.timeout_s": 0.0}, "analyzer.timeout_s=0.0 must be > 0.0"),
-])
+  ],
+)
 def test_values_that_disable_learning_are_refused(overrides, needle):
   with pytest.raises(UserError) as err:
     config_checks.validate(smoke(overrides))
   assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("overrides", [
+@pytest.mark.parametrize(
+  "overrides",
+  [
     {"opid.lambda_skill": 0.0},  # plain GRPO
     {"opid.routing": "none"},
     {"analyzer.backend": "none"},
@@ -94,15 +107,23 @@ def test_values_that_disable_learning_are_refused(overrides, needle):
     {"ppo.kl_coef": 0.0},
     {"ppo.mini_batch_size": 64},  # more than an iteration's samples: one update on all of them
     {"optim.schedule": "cosine", "ppo.mini_batch_size": 12},  # one update per iteration: the schedule fits
-])
+  ],
+)
 def test_deliberate_settings_are_accepted(overrides):
   config_checks.validate(smoke(overrides))
 
 
 def test_group_size_one_is_one_error_line_from_the_cli(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-  cmd = [sys.executable, "-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={tmp_path}",
-         "--config.model.path=some/model", "--config.rollout.group_size=1"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "opid_jax.train",
+    "--config=configs/smoke.py",
+    f"--workdir={tmp_path}",
+    "--config.model.path=some/model",
+    "--config.rollout.group_size=1",
+  ]
   res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert res.returncode == 2, res.stderr[-2000:]
   assert [l for l in res.stderr.splitlines() if l.strip()][-1].startswith("error: rollout.group_size=1 must be >= 2")
@@ -118,13 +139,16 @@ def test_sft_config_validates(tmp_path):
   sft_trainer.validate(sft_config(tmp_path))
 
 
-@pytest.mark.parametrize("overrides,needle", [
+@pytest.mark.parametrize(
+  "overrides,needle",
+  [
     ({"optim.lr": -1e-3}, "optim.lr=-0.001 must be in (0.0, 1.0]"),
     ({"optim.b2": 1.0}, "optim.b2=1.0 must be in [0.0, 1.0)"),
     ({"data.heldout_games": 800}, "data.heldout_games=800 must be in [0, data.num_games=800)"),
     ({"data.num_games": 0}, "data.num_games=0 must be >= 1"),
     ({"train.steps": 0}, "train.steps=0 must be >= 1"),
-])
+  ],
+)
 def test_sft_values_that_disable_learning_are_refused(tmp_path, overrides, needle):
   with pytest.raises(UserError) as err:
     sft_trainer.validate(sft_config(tmp_path, overrides))

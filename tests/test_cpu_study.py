@@ -21,9 +21,18 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
   root = tmp_path / "study"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
   store = tmp_path / "store"
-  cmd = [sys.executable, "benchmarks/cpu_study.py", "--short", f"--root={root}", f"--data_dir={alfworld_games}",
-         "--sft_split=valid_seen", "--train_split=valid_unseen", "--variants=grpo,opid", "--seeds=0",
-         f"--store={store}"]
+  cmd = [
+    sys.executable,
+    "benchmarks/cpu_study.py",
+    "--short",
+    f"--root={root}",
+    f"--data_dir={alfworld_games}",
+    "--sft_split=valid_seen",
+    "--train_split=valid_unseen",
+    "--variants=grpo,opid",
+    "--seeds=0",
+    f"--store={store}",
+  ]
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   report = (root / "cpu_study.md").read_text()
@@ -41,8 +50,14 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
   assert "Code: the runs ran from commit `abc1234`. Pinned for the study." in (root / "cpu_study.md").read_text()
   # Every finished piece is in the store, without checkpoints or the SFT replay cache.
   stored = {str(p.relative_to(store)) for p in store.rglob("*")}
-  assert {"sft/policy/model.safetensors", "sft/sft_summary.json", "initial/eval.json", "probe_policy.json",
-          "runs/grpo_s0/summary.md", "runs/opid_s0/metrics.jsonl"} <= stored, sorted(stored)
+  assert {
+    "sft/policy/model.safetensors",
+    "sft/sft_summary.json",
+    "initial/eval.json",
+    "probe_policy.json",
+    "runs/grpo_s0/summary.md",
+    "runs/opid_s0/metrics.jsonl",
+  } <= stored, sorted(stored)
   assert not any(p.endswith(("checkpoints", "expert_steps.jsonl", ".partial", "trajectories", "tb")) for p in stored)
   # The machine loses ROOT: the next invocation restores the store and runs nothing again; same tables.
   table = [line for line in report.splitlines() if line.startswith(("| grpo |", "| opid |"))]
@@ -61,17 +76,21 @@ def test_short_study_writes_a_report(alfworld_games, tmp_path):
 @pytest.mark.slow
 def test_sigterm_stops_the_study_after_the_running_piece_saves(tmp_path):
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
   model, workdir = str(tmp_path / "model"), str(tmp_path / "run")
   save_tiny_tokenizer(model)
   make_hf_model("qwen3", model, seed=0)
-  script = ("import signal, sys; sys.path.insert(0, 'benchmarks'); import cpu_study\n"
-            "signal.signal(signal.SIGTERM, cpu_study._stop_gracefully)\n"
-            f"cpu_study.run_module('opid_jax.train', 'configs/smoke.py', {workdir!r}, "
-            f"{{'model.path': {model!r}, 'train.steps': 50, 'checkpoint.save_every': 1000}})\n"
-            "print('started the next piece')\n")
+  script = (
+    "import signal, sys; sys.path.insert(0, 'benchmarks'); import cpu_study\n"
+    "signal.signal(signal.SIGTERM, cpu_study._stop_gracefully)\n"
+    f"cpu_study.run_module('opid_jax.train', 'configs/smoke.py', {workdir!r}, "
+    f"{{'model.path': {model!r}, 'train.steps': 50, 'checkpoint.save_every': 1000}})\n"
+    "print('started the next piece')\n"
+  )
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-  study = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+  study = subprocess.Popen(
+    [sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   deadline = time.time() + 600
   while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     assert study.poll() is None and time.time() < deadline, study.communicate()[1][-3000:]
@@ -88,6 +107,7 @@ def test_sigterm_stops_the_study_after_the_running_piece_saves(tmp_path):
 def test_a_stop_between_pieces_starts_nothing_and_an_unfinished_run_is_not_taken_as_done(tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   import cpu_study
+
   cpu_study._CHILD["stop_requested"] = True
   try:
     with pytest.raises(SystemExit, match="stopped on request before"):
@@ -106,6 +126,7 @@ def test_a_stop_between_pieces_starts_nothing_and_an_unfinished_run_is_not_taken
 def test_a_piece_that_would_not_finish_by_until_is_not_started(tmp_path, capsys):
   sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
   import cpu_study
+
   soon = datetime.datetime.now() + datetime.timedelta(minutes=10)
   with pytest.raises(SystemExit, match=r"\(~35 min\) would not finish by --until="):
     cpu_study.run_module("opid_jax.train", "configs/smoke.py", str(tmp_path / "late"), {}, until=soon, minutes=35)

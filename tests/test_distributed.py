@@ -29,8 +29,15 @@ def free_port() -> int:
 
 
 def test_single_process_needs_no_initialize(monkeypatch):
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
-               "SLURM_STEP_NUM_TASKS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
+  for name in (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+  ):
     monkeypatch.delenv(name, raising=False)
   assert distributed.initialize() is False
   assert distributed.initialize(num_processes=1) is False
@@ -64,15 +71,18 @@ def one_iteration(train_cmd, workdir, *extra):
 
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "analyzer/seconds"))}
-            for line in f]
+    return [
+      {k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "analyzer/seconds"))} for line in f
+    ]
 
 
 def final_params(workdir, step):
   path = os.path.join(workdir, "checkpoints", str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   # As numpy: the saved shardings name devices of two processes that this test process does not have.
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpointer.metadata(path).item_metadata.tree)
+  as_numpy = jax.tree.map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), checkpointer.metadata(path).item_metadata.tree
+  )
   tree = checkpointer.restore(path, restore_args=as_numpy)
   return {"/".join(map(str, p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -82,14 +92,29 @@ def test_two_processes_train_like_one(train_cmd, tmp_path):
   """Each process plays one of the two task groups on its own CPU device; the mesh spans both processes."""
   single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
   address = f"127.0.0.1:{free_port()}"
-  procs = [subprocess.Popen(one_iteration(train_cmd, multi, f"--coordinator_address={address}", "--num_processes=2",
-                                      f"--process_id={i}"),
-                            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      one_iteration(train_cmd, multi, f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"),
+      cwd=ROOT,
+      env=ENV,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   # The reference: one process holding both devices, so the mesh (data=2) and every XLA program are the same;
   # the only difference left is who runs which envs and how data crosses process boundaries.
-  procs.append(subprocess.Popen(one_iteration(train_cmd, single), cwd=ROOT, env=dict(ENV, JAX_NUM_CPU_DEVICES="2"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  procs.append(
+    subprocess.Popen(
+      one_iteration(train_cmd, single),
+      cwd=ROOT,
+      env=dict(ENV, JAX_NUM_CPU_DEVICES="2"),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+  )
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
@@ -112,8 +137,14 @@ def test_sharded_generation_and_scoring_equal_one_device(tmp_path):
   out = str(tmp_path / "sharded.npz")
   env = dict(ENV, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=HERE)
   env.pop("JAX_NUM_CPU_DEVICES")
-  res = subprocess.run([sys.executable, os.path.join(HERE, "sharded_inference_check.py"), out], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  res = subprocess.run(
+    [sys.executable, os.path.join(HERE, "sharded_inference_check.py"), out],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   got = dict(np.load(out))
   assert len(set(got["single:tokens"].ravel().tolist())) > 20  # varied text, not one repeated token

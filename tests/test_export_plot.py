@@ -1,6 +1,5 @@
 """export (a run's latest checkpoint -> an HF folder transformers loads) and plot (learning curves)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,8 +9,8 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-
 from hf_fixtures import hf_logits, random_prompt
+
 from opid_jax.checkpoint import run_files
 from opid_jax.model import decoder, loading
 
@@ -23,7 +22,14 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 def trained_run(tmp_path_factory, tiny_policy_dir, train_cmd):
   model_dir = tiny_policy_dir("qwen2", 5)
   workdir = str(tmp_path_factory.mktemp("export") / "run")
-  res = subprocess.run(train_cmd(workdir, f"--config.model.path={model_dir}", "--config.optim.lr=0.01"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+  res = subprocess.run(
+    train_cmd(workdir, f"--config.model.path={model_dir}", "--config.optim.lr=0.01"),
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return model_dir, workdir
 
@@ -31,8 +37,14 @@ def trained_run(tmp_path_factory, tiny_policy_dir, train_cmd):
 def test_export_gives_transformers_the_trained_weights(trained_run, tmp_path):
   model_dir, workdir = trained_run
   out = str(tmp_path / "hf")
-  res = subprocess.run([sys.executable, "-m", "opid_jax.export", f"--workdir={workdir}", f"--out={out}"], cwd=ROOT,
-                       env=ENV, capture_output=True, text=True, timeout=600)
+  res = subprocess.run(
+    [sys.executable, "-m", "opid_jax.export", f"--workdir={workdir}", f"--out={out}"],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   assert "exported iteration 2" in res.stdout
   ours = loading.load(model_dir)
@@ -54,11 +66,23 @@ def test_export_gives_transformers_the_trained_weights(trained_run, tmp_path):
 def test_plot_overlays_runs(trained_run, tmp_path):
   _, workdir = trained_run
   out = str(tmp_path / "curves.png")
-  res = subprocess.run([sys.executable, "-m", "opid_jax.plot", workdir, workdir, f"--out={out}"], cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [sys.executable, "-m", "opid_jax.plot", workdir, workdir, f"--out={out}"],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   with open(out, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  res = subprocess.run([sys.executable, "-m", "opid_jax.plot", str(tmp_path / "nope"), f"--out={out}"], cwd=ROOT,
-                       env=ENV, capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [sys.executable, "-m", "opid_jax.plot", str(tmp_path / "nope"), f"--out={out}"],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -6,10 +6,8 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-
 from gcs_emulator import GcsEmulator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +26,18 @@ def emulator(tmp_path_factory):
 def run_env(emulator, tmp_path_factory):
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", **emulator.client_env())
   # The three runs compile the same programs: a shared persistent cache keeps the test short.
-  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+  )
   return env
 
 
 def run_train(env, train_cmd, workdir, steps):
-  res = subprocess.run(train_cmd(workdir, f"--config.train.steps={steps}"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  res = subprocess.run(
+    train_cmd(workdir, f"--config.train.steps={steps}"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return res
 
@@ -46,14 +49,17 @@ def metrics_rows(text):
 
 def params_of(env, checkpoint_dir):
   """The saved policy parameters, read back through Orbax in a child process that sees the emulator."""
-  code = ("import sys, numpy as np, orbax.checkpoint as ocp, jax\n"
-          "tree = ocp.PyTreeCheckpointer().restore(sys.argv[1])\n"
-          "flat = {'/'.join(map(str, p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}\n"
-          "np.savez(sys.argv[2], **flat)\n")
+  code = (
+    "import sys, numpy as np, orbax.checkpoint as ocp, jax\n"
+    "tree = ocp.PyTreeCheckpointer().restore(sys.argv[1])\n"
+    "flat = {'/'.join(map(str, p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}\n"
+    "np.savez(sys.argv[2], **flat)\n"
+  )
   out = checkpoint_dir.replace("gs://", "").replace("/", "_") + ".npz"
   out = os.path.join(env["JAX_COMPILATION_CACHE_DIR"], out)
-  res = subprocess.run([sys.executable, "-c", code, f"{checkpoint_dir}/state", out], env=env, capture_output=True,
-                       text=True, timeout=300)
+  res = subprocess.run(
+    [sys.executable, "-c", code, f"{checkpoint_dir}/state", out], env=env, capture_output=True, text=True, timeout=300
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return dict(np.load(out))
 

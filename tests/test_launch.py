@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,10 +37,12 @@ def stand_in(bin_dir, name, log):
   """A fake command that appends its arguments (one JSON list per call) to `log`."""
   path = os.path.join(bin_dir, name)
   with open(path, "w") as f:
-    f.write(f"#!/usr/bin/env python3\nimport json, os, sys\n"
-            f"open({log!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], 'env': {{k: v for k, v in os.environ.items()"
-            f" if k.startswith('JAX_')}}}}) + '\\n')\n"
-            f"if sys.argv[1:3] == ['show', 'hostnames']: print('node-a\\nnode-b')\n")
+    f.write(
+      f"#!/usr/bin/env python3\nimport json, os, sys\n"
+      f"open({log!r}, 'a').write(json.dumps({{'argv': sys.argv[1:], 'env': {{k: v for k, v in os.environ.items()"
+      f" if k.startswith('JAX_')}}}}) + '\\n')\n"
+      f"if sys.argv[1:3] == ['show', 'hostnames']: print('node-a\\nnode-b')\n"
+    )
   os.chmod(path, 0o755)
 
 
@@ -54,16 +55,26 @@ def test_tpu_pod_runs_the_same_command_on_every_worker(tmp_path):
   log = str(tmp_path / "calls.jsonl")
   stand_in(str(tmp_path), "gcloud", log)
   env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", TPU_NAME="pod", ZONE="us-west4-a")
-  res = subprocess.run(["bash", "launch/tpu_pod.sh", "train", "--config=configs/alfworld.py",
-                        "--workdir=gs://b/run 1"], cwd=ROOT, env=env, capture_output=True, text=True)
+  res = subprocess.run(
+    ["bash", "launch/tpu_pod.sh", "train", "--config=configs/alfworld.py", "--workdir=gs://b/run 1"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
   assert res.returncode == 0, res.stderr
   (call,) = calls(log)
   assert call["argv"][:5] == ["compute", "tpus", "tpu-vm", "ssh", "pod"]
   assert "--worker=all" in call["argv"] and "--zone=us-west4-a" in call["argv"]
   command = next(a for a in call["argv"] if a.startswith("--command="))
   assert "-m opid_jax.train --config=configs/alfworld.py --workdir=gs://b/run\\ 1" in command
-  missing = subprocess.run(["bash", "launch/tpu_pod.sh", "train"], cwd=ROOT, capture_output=True, text=True,
-                           env={k: v for k, v in env.items() if k != "TPU_NAME"})
+  missing = subprocess.run(
+    ["bash", "launch/tpu_pod.sh", "train"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env={k: v for k, v in env.items() if k != "TPU_NAME"},
+  )
   assert missing.returncode != 0 and "TPU_NAME" in missing.stderr
 
 
@@ -71,10 +82,20 @@ def test_slurm_uses_the_first_node_as_coordinator(tmp_path):
   log = str(tmp_path / "calls.jsonl")
   for name in ("srun", "scontrol"):
     stand_in(str(tmp_path), name, log)
-  env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", SLURM_JOB_NODELIST="node-[a-b]",
-             SLURM_NNODES="2", SLURM_SUBMIT_DIR=ROOT)
-  res = subprocess.run(["bash", "launch/slurm.sbatch", "--config=configs/alfworld.py", "--workdir=/tmp/x"],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
+  env = dict(
+    os.environ,
+    PATH=f"{tmp_path}:{os.environ['PATH']}",
+    SLURM_JOB_NODELIST="node-[a-b]",
+    SLURM_NNODES="2",
+    SLURM_SUBMIT_DIR=ROOT,
+  )
+  res = subprocess.run(
+    ["bash", "launch/slurm.sbatch", "--config=configs/alfworld.py", "--workdir=/tmp/x"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
   assert res.returncode == 0, res.stderr
   srun = calls(log)[-1]
   assert srun["env"]["JAX_COORDINATOR_ADDRESS"] == "node-a:29500" and srun["env"]["JAX_NUM_PROCESSES"] == "2"
@@ -88,9 +109,21 @@ def test_local_sh_trains_the_tiny_config(tmp_path):
   make_hf_model("qwen3", model, seed=0)
   workdir = str(tmp_path / "run")
   env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
-  res = subprocess.run(["bash", "launch/local.sh", "--config=configs/smoke.py", f"--workdir={workdir}",
-                        f"--config.model.path={model}", "--config.train.steps=1"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  res = subprocess.run(
+    [
+      "bash",
+      "launch/local.sh",
+      "--config=configs/smoke.py",
+      f"--workdir={workdir}",
+      f"--config.model.path={model}",
+      "--config.train.steps=1",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   assert "step 1 |" in res.stdout
   assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))

@@ -22,7 +22,6 @@ JAX_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax")
 AGENT = "opid_jax.agent"
 
 
-
 def modules_of(layer: str) -> list[str]:
   names = []
   for dirpath, _, files in os.walk(os.path.join(ROOT, "opid_jax", layer)):
@@ -72,8 +71,14 @@ def loaded_by_import(module: str) -> list[str]:
       print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in roots or m.startswith("opid_jax.agent"))))
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  res = subprocess.run([sys.executable, "-c", script, module, *JAX_PACKAGES], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=120)
+  res = subprocess.run(
+    [sys.executable, "-c", script, module, *JAX_PACKAGES],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -99,8 +104,16 @@ def test_detector_sees_every_form_of_import():
         import optax
       """)
   names = imported_names(source, "opid_jax.envs.x")
-  assert {"os", "jax.numpy", "flax", "flax.nnx", "optax", "opid_jax.envs.base", "opid_jax.agent.rollout",
-          "opid_jax.agent"} <= names
+  assert {
+    "os",
+    "jax.numpy",
+    "flax",
+    "flax.nnx",
+    "optax",
+    "opid_jax.envs.base",
+    "opid_jax.agent.rollout",
+    "opid_jax.agent",
+  } <= names
   assert sorted(n for n in names if within(n, JAX_PACKAGES)) == ["flax", "flax.nnx", "jax.numpy", "optax"]
   assert "opid_jax.envs.webshop.data" in imported_names("from .data import Goal", "opid_jax.envs.webshop.world")
   assert "opid_jax.envs.base" in imported_names("from ..base import Env", "opid_jax.envs.webshop", is_package=True)

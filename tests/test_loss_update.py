@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from update_check import run_update
 
 from opid_jax.rl.loss import kl_penalty, ppo_loss
-from update_check import run_update
 
 RNG = np.random.RandomState(0)
 LOGP = RNG.uniform(-3, -0.1, (3, 5)).astype(np.float32)
@@ -95,10 +95,11 @@ def test_length_bucketed_micro_batches_give_the_same_step():
   mini-batch: the loss is a token sum over the mini-batch token count, so padding must not matter."""
   import optax
   from flax import nnx
-  from opid_jax.rl import batch as batch_lib
-  from opid_jax.rl import update
   from tiny_models import tiny_model
   from update_check import fixed_samples
+
+  from opid_jax.rl import batch as batch_lib, update
+
   samples = fixed_samples()
   samples[3].prompt_ids = list(range(1, 50))  # one long prompt: the stacked batch pads every row to it
   kwargs = dict(micro_batch_size=4, pad_id=0, prompt_buckets=(16, 32, 64), response_buckets=(8, 16), with_ref=True)
@@ -113,8 +114,9 @@ def test_length_bucketed_micro_batches_give_the_same_step():
   tx = optax.sgd(1.0)  # the parameter change is the gradient itself
   copy = lambda: jax.tree.map(lambda x: x.copy(), params)  # noqa: E731 (steps donate their state)
   one, m_one = update.train_step(update.init_train_state(copy(), tx), stacked, graphdef=graphdef, tx=tx, cfg=cfg)
-  many, m_many = update.train_step_micro_batches(update.init_train_state(copy(), tx), micros, graphdef=graphdef,
-                                                 tx=tx, cfg=cfg)
+  many, m_many = update.train_step_micro_batches(
+    update.init_train_state(copy(), tx), micros, graphdef=graphdef, tx=tx, cfg=cfg
+  )
   for key in ("ppo/loss", "ppo/pg_loss", "ppo/kl_ref", "ppo/entropy", "ppo/grad_norm", "ppo/tokens"):
     np.testing.assert_allclose(float(m_many[key]), float(m_one[key]), rtol=2e-5, atol=1e-7)
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params)):

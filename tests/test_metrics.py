@@ -17,15 +17,33 @@ def _read_lines(workdir) -> list[dict]:
 
 def test_writes_one_json_line_per_step_with_nan_as_null(tmp_path):
   writer = MetricsWriter(str(tmp_path), tensorboard=False)
-  writer.write(1, {"loss": np.float32(0.5), "success": jnp.array(1.0), "reward": float("nan"),
-                   "episodes": np.int64(3), "grad_norm": jnp.bfloat16(2.0), "clipped": np.bool_(True),
-                   "kl": float("inf")})
+  writer.write(
+    1,
+    {
+      "loss": np.float32(0.5),
+      "success": jnp.array(1.0),
+      "reward": float("nan"),
+      "episodes": np.int64(3),
+      "grad_norm": jnp.bfloat16(2.0),
+      "clipped": np.bool_(True),
+      "kl": float("inf"),
+    },
+  )
   writer.write(2, {"loss": 0.25})
   # Each line is flushed as written: readable before close.
   assert _read_lines(tmp_path) == [
-      {"step": 1, "loss": 0.5, "success": 1.0, "reward": None, "episodes": 3, "grad_norm": 2.0,
-       "clipped": True, "kl": None},
-      {"step": 2, "loss": 0.25}]
+    {
+      "step": 1,
+      "loss": 0.5,
+      "success": 1.0,
+      "reward": None,
+      "episodes": 3,
+      "grad_norm": 2.0,
+      "clipped": True,
+      "kl": None,
+    },
+    {"step": 2, "loss": 0.25},
+  ]
   writer.close()
 
 

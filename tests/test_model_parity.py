@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-
 from hf_fixtures import VARIANTS, hf_logits, make_hf_model, random_prompt
+
 from opid_jax.generation import sampler as sampler_lib
 from opid_jax.model import decoder, hf_io
 from opid_jax.rl import scoring
@@ -58,11 +58,12 @@ def test_left_padded_batch_matches_each_row_alone(pair):
   _, ref, ours, _ = pair
   rows = [random_prompt(n, VOCAB, seed=n) for n in (300, 181, 64)]
   from opid_jax.batching.padding import pad_left
+
   ids, mask = pad_left(rows, 304, 3, pad_id=0)
   got = our_logits(ours, ids, mask)
   for i, row in enumerate(rows):
     want = hf_logits(ref, row)
-    assert np.abs(got[i, 304 - len(row):] - want).max() <= 1e-4
+    assert np.abs(got[i, 304 - len(row) :] - want).max() <= 1e-4
 
 
 def test_greedy_matches_transformers_generate(pair):
@@ -72,11 +73,17 @@ def test_greedy_matches_transformers_generate(pair):
   out = sampler.generate(prompts, sampler_lib.SamplingParams(temperature=0.0, max_new_tokens=40), key=0)
   for prompt, got in zip(prompts, out.tokens):
     with torch.no_grad():
-      want = ref.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                          do_sample=False, max_new_tokens=40, eos_token_id=STOP, pad_token_id=0)
-    want = want[0, len(prompt):].tolist()
+      want = ref.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=40,
+        eos_token_id=STOP,
+        pad_token_id=0,
+      )
+    want = want[0, len(prompt) :].tolist()
     if STOP in want:
-      want = want[:want.index(STOP) + 1]
+      want = want[: want.index(STOP) + 1]
     assert len(want) >= 32
     assert got == want
 
@@ -91,13 +98,13 @@ def test_sampler_logprobs_and_determinism(pair):
   assert a.tokens == b.tokens and a.logprobs == b.logprobs
   # The recorded log-probs are those of the temperature-scaled full distribution.
   ids = prompt + a.tokens[0]
-  logits = hf_logits(ref, ids)[len(prompt) - 1:-1] / 0.8
+  logits = hf_logits(ref, ids)[len(prompt) - 1 : -1] / 0.8
   want = torch.log_softmax(torch.tensor(logits), -1).numpy()[np.arange(len(a.tokens[0])), a.tokens[0]]
   np.testing.assert_allclose(a.logprobs[0], want, atol=1e-4)
 
 
 def _hf_token_logprobs(ref, prompt, response, temperature=1.0):
-  logits = hf_logits(ref, prompt + response)[len(prompt) - 1:-1] / temperature
+  logits = hf_logits(ref, prompt + response)[len(prompt) - 1 : -1] / temperature
   logp = torch.log_softmax(torch.tensor(logits), -1)
   picked = logp[torch.arange(len(response)), torch.tensor(response)].numpy()
   entropy = -(logp.exp() * logp).sum(-1).numpy()

@@ -6,20 +6,17 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
-from opid_jax.agent import prompts as prompt_lib
-from opid_jax.agent import rollout
+
+from opid_jax.agent import prompts as prompt_lib, rollout
 from opid_jax.envs import counting
 from opid_jax.envs.pool import EnvPool
+from opid_jax.generation.policy import make_policy
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.model import loading
-from opid_jax.rl import advantages as adv
-from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import opid_samples, update
+from opid_jax.rl import advantages as adv, batch as batch_lib, opid_samples, update
 from opid_jax.rl.scoring import Scorer
 from opid_jax.skills.backends import make_backend
-from opid_jax.generation.policy import make_policy
 
 MAX_NEW = 12
 
@@ -56,6 +53,7 @@ def counting_score(scorer, calls):
   def score(prompts, responses, params):
     calls.append(len(prompts))
     return scorer.score(prompts, responses, params=params).logprobs
+
   return score
 
 
@@ -63,9 +61,15 @@ def test_lambda_zero_skips_the_skill_pass_and_equals_grpo(setup):
   loaded, scorer, trajs = setup
   calls = []
   settings = opid_samples.OpidSettings(lambda_skill=0.0)
-  samples, metrics = opid_samples.build_samples(trajs, score=counting_score(scorer, calls), params=scorer.params,
-                                                ref_params=None, tokenizer=loaded.tokenizer, settings=settings,
-                                                analysis_handle=None)
+  samples, metrics = opid_samples.build_samples(
+    trajs,
+    score=counting_score(scorer, calls),
+    params=scorer.params,
+    ref_params=None,
+    tokenizer=loaded.tokenizer,
+    settings=settings,
+    analysis_handle=None,
+  )
   assert calls == [sum(t.length for t in trajs)]  # the old log-probs only
   steps = opid_samples.flatten_steps(trajs)
   scores = adv.step_scores(np.array([t.episode_return for t, _ in steps]), np.array([s.valid for _, s in steps]), 0.1)
@@ -81,13 +85,24 @@ def test_skill_pass_scores_the_same_tokens_after_augmented_prompts(setup):
   calls = []
   settings = opid_samples.OpidSettings(lambda_skill=0.5, routing="critical_first")
   samples, metrics = opid_samples.build_samples(
-      trajs, score=counting_score(scorer, calls), params=scorer.params, ref_params=None,
-      tokenizer=loaded.tokenizer, settings=settings, analysis_handle=analyzer.analyze_many_async(trajs))
+    trajs,
+    score=counting_score(scorer, calls),
+    params=scorer.params,
+    ref_params=None,
+    tokenizer=loaded.tokenizer,
+    settings=settings,
+    analysis_handle=analyzer.analyze_many_async(trajs),
+  )
   n = sum(t.length for t in trajs)
   assert calls == [n, n]  # every step is routed a skill (expert skills exist for every trajectory)
-  base, _ = opid_samples.build_samples(trajs, score=counting_score(scorer, []), params=scorer.params,
-                                       ref_params=None, tokenizer=loaded.tokenizer,
-                                       settings=opid_samples.OpidSettings(lambda_skill=0.0))
+  base, _ = opid_samples.build_samples(
+    trajs,
+    score=counting_score(scorer, []),
+    params=scorer.params,
+    ref_params=None,
+    tokenizer=loaded.tokenizer,
+    settings=opid_samples.OpidSettings(lambda_skill=0.0),
+  )
   skill_ids = opid_samples.skill_prompt_ids(trajs, analyzer.analyze_many(trajs), loaded.tokenizer, settings)
   lp_skill = scorer.score(skill_ids, [s.response_ids for s in samples]).logprobs
   for s, b, ls in zip(samples, base, lp_skill):
@@ -97,14 +112,31 @@ def test_skill_pass_scores_the_same_tokens_after_augmented_prompts(setup):
 
 def test_first_update_sees_ratio_one(setup):
   loaded, scorer, trajs = setup
-  samples, _ = opid_samples.build_samples(trajs, score=counting_score(scorer, []), params=scorer.params,
-                                          ref_params=None, tokenizer=loaded.tokenizer,
-                                          settings=opid_samples.OpidSettings(lambda_skill=0.0))
+  samples, _ = opid_samples.build_samples(
+    trajs,
+    score=counting_score(scorer, []),
+    params=scorer.params,
+    ref_params=None,
+    tokenizer=loaded.tokenizer,
+    settings=opid_samples.OpidSettings(lambda_skill=0.0),
+  )
   graphdef, params = nnx.split(loaded.model)
   tx = update.make_optimizer(lr=1e-3)
-  mb = batch_lib.minibatches(samples, mini_batch_size=len(samples) + 3, micro_batch_size=len(samples) + 3,
-                             seed=0, pad_id=loaded.pad_id, prompt_buckets=(256,), response_buckets=(16,))
+  mb = batch_lib.minibatches(
+    samples,
+    mini_batch_size=len(samples) + 3,
+    micro_batch_size=len(samples) + 3,
+    seed=0,
+    pad_id=loaded.pad_id,
+    prompt_buckets=(256,),
+    response_buckets=(16,),
+  )
   assert len(mb) == 1
-  _, m = update.train_step(update.init_train_state(jax.tree.map(lambda x: x.copy(), params), tx), mb[0],
-                           graphdef=graphdef, tx=tx, cfg=update.LossConfig())
+  _, m = update.train_step(
+    update.init_train_state(jax.tree.map(lambda x: x.copy(), params), tx),
+    mb[0],
+    graphdef=graphdef,
+    tx=tx,
+    cfg=update.LossConfig(),
+  )
   assert float(m["ppo/approx_kl"]) < 1e-8 and float(m["ppo/clip_frac"]) == 0.0

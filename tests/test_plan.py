@@ -14,16 +14,47 @@ from opid_jax.parallel import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-QWEN25_3B = dict(model_type="qwen2", hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                 num_attention_heads=16, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-                 rope_theta=1000000.0, rms_norm_eps=1e-06, max_position_embeddings=32768)
-QWEN25_7B = dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                 num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False,
-                 rope_theta=1000000.0, rms_norm_eps=1e-06, max_position_embeddings=32768)
-QWEN3_1_7B = dict(model_type="qwen3", hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
-                  tie_word_embeddings=True, rope_theta=1000000, rms_norm_eps=1e-06, max_position_embeddings=40960,
-                  attention_bias=False)
+QWEN25_3B = dict(
+  model_type="qwen2",
+  hidden_size=2048,
+  intermediate_size=11008,
+  num_hidden_layers=36,
+  num_attention_heads=16,
+  num_key_value_heads=2,
+  vocab_size=151936,
+  tie_word_embeddings=True,
+  rope_theta=1000000.0,
+  rms_norm_eps=1e-06,
+  max_position_embeddings=32768,
+)
+QWEN25_7B = dict(
+  model_type="qwen2",
+  hidden_size=3584,
+  intermediate_size=18944,
+  num_hidden_layers=28,
+  num_attention_heads=28,
+  num_key_value_heads=4,
+  vocab_size=152064,
+  tie_word_embeddings=False,
+  rope_theta=1000000.0,
+  rms_norm_eps=1e-06,
+  max_position_embeddings=32768,
+)
+QWEN3_1_7B = dict(
+  model_type="qwen3",
+  hidden_size=2048,
+  intermediate_size=6144,
+  num_hidden_layers=28,
+  num_attention_heads=16,
+  num_key_value_heads=8,
+  head_dim=128,
+  vocab_size=151936,
+  tie_word_embeddings=True,
+  rope_theta=1000000,
+  rms_norm_eps=1e-06,
+  max_position_embeddings=40960,
+  attention_bias=False,
+)
 MODELS = {"qwen2.5-3b": QWEN25_3B, "qwen2.5-7b": QWEN25_7B, "qwen3-1.7b": QWEN3_1_7B}
 RULES = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in alfworld.get_config().mesh.rules)
 
@@ -53,8 +84,15 @@ def test_qwen25_3b_has_its_published_size():
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("mesh", [dict(data=2, fsdp=4, tensor=1), dict(data=1, fsdp=8, tensor=1),
-                                  dict(data=2, fsdp=2, tensor=2), dict(data=8, fsdp=1, tensor=1)])
+@pytest.mark.parametrize(
+  "mesh",
+  [
+    dict(data=2, fsdp=4, tensor=1),
+    dict(data=1, fsdp=8, tensor=1),
+    dict(data=2, fsdp=2, tensor=2),
+    dict(data=8, fsdp=1, tensor=1),
+  ],
+)
 def test_planner_matches_a_hand_count(name, mesh):
   hf = MODELS[name]
   got = memory.plan(model_config(hf), WORK, mesh, RULES)
@@ -84,18 +122,42 @@ def test_suggestions_fit_and_shard_only_when_needed():
 def test_cli_prints_the_table_and_a_suggestion(tmp_path):
   with open(tmp_path / "config.json", "w") as f:
     json.dump(QWEN25_3B, f)
-  res = subprocess.run([sys.executable, "-m", "opid_jax.plan", "--config=configs/alfworld.py",
-                        f"--config.model.path={tmp_path}", "--mesh=data=2,fsdp=4,tensor=1", "--device=v4"],
-                       cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "opid_jax.plan",
+      "--config=configs/alfworld.py",
+      f"--config.model.path={tmp_path}",
+      "--mesh=data=2,fsdp=4,tensor=1",
+      "--device=v4",
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   out = res.stdout
   for row in ("params", "grads", "optimizer", "reference params", "rollout KV cache", "activations", "total"):
     assert row in out
   assert "mesh data=2,fsdp=4,tensor=1 (v4: 32.00 GiB" in out and "suggestion for 8 x v4" in out
-  bad = subprocess.run([sys.executable, "-m", "opid_jax.plan", "--config=configs/alfworld.py",
-                        f"--config.model.path={tmp_path}", "--device=a100"], cwd=ROOT,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "opid_jax.plan",
+      "--config=configs/alfworld.py",
+      f"--config.model.path={tmp_path}",
+      "--device=a100",
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 2 and "--device='a100' is not one of" in bad.stderr
 
 

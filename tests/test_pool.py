@@ -27,8 +27,9 @@ class CountdownEnv(Env):
       os.kill(os.getpid(), signal.SIGKILL)
     self.task_id = task_id
     self.remaining = int(task_id)
-    return ResetResult(f"count {self.remaining}", f"count down from {task_id}", "countdown",
-                       ["go"], info={"pid": os.getpid()})
+    return ResetResult(
+      f"count {self.remaining}", f"count down from {task_id}", "countdown", ["go"], info={"pid": os.getpid()}
+    )
 
   def step(self, action: str) -> StepResult:
     if action == "boom":
@@ -40,8 +41,7 @@ class CountdownEnv(Env):
     if action == "go":
       self.remaining -= 1
     won = self.remaining == 0
-    return StepResult(f"count {self.remaining}", 1.0 if won else 0.0, won, won, ["go"],
-                      info={"pid": os.getpid()})
+    return StepResult(f"count {self.remaining}", 1.0 if won else 0.0, won, won, ["go"], info={"pid": os.getpid()})
 
   def hindsight(self) -> Hindsight:
     return Hindsight(expert_actions=("go",) * int(self.task_id))
@@ -59,8 +59,7 @@ def test_batched_reset_step_and_hindsight(pool):
   assert {r.info["pid"] for r in resets} == set(pool.worker_pids())
   assert [len(h.expert_actions) for h in pool.hindsight([2, 0])] == [3, 2]
   steps = pool.step([(3, "go"), (1, "go"), (0, "wait")])
-  assert [(s.observation, s.done) for s in steps] == [("count 1", False), ("count 0", True),
-                                                      ("count 2", False)]
+  assert [(s.observation, s.done) for s in steps] == [("count 1", False), ("count 0", True), ("count 2", False)]
   with pytest.raises(ValueError):
     pool.step([(0, "go"), (0, "go")])
   with pytest.raises(IndexError):

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from opid_jax.skills import probe as skill_probe
 from opid_jax.agent.prompts import HistoryEntry, render_alfworld_prompt, to_chat_text, tokenize_prompt
 from opid_jax.envs import alfworld
-from opid_jax.sft.expert_replay import ExpertStep, replay_walkthroughs
 from opid_jax.envs.pool import EnvPool
+from opid_jax.sft.expert_replay import ExpertStep, replay_walkthroughs
+from opid_jax.skills import probe as skill_probe
 from opid_jax.skills.expert_backend import next_action_skill, workflow_skill
 from opid_jax.skills.routing import NO_SKILL, RoutedSkill, inject_skill
 
@@ -27,13 +27,20 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 SPLIT = "valid_seen"
 N_GAMES = 2
 SHIFT_FIELDS = {"expert", "other", "margin_gain"}
-KIND_FIELDS = {"steps", "expert_shift", "other_shift", "margin_gain", "expert_preferred_without",
-               "expert_preferred_with"}
+KIND_FIELDS = {
+  "steps",
+  "expert_shift",
+  "other_shift",
+  "margin_gain",
+  "expert_preferred_without",
+  "expert_preferred_with",
+}
 
 
 def run_probe(*args):
-  return subprocess.run([sys.executable, "-m", "opid_jax.probe_skills", *args], capture_output=True, text=True,
-                        env=ENV, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "opid_jax.probe_skills", *args], capture_output=True, text=True, env=ENV, timeout=300
+  )
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +62,31 @@ def replayed(alfworld_games):
 @pytest.fixture(scope="module")
 def cli_report(model_dir, alfworld_games, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("probe_out") / "probe.json")
-  res = run_probe(f"--model={model_dir}", f"--games={alfworld_games}", f"--n={N_GAMES}", f"--split={SPLIT}",
-                  "--seed=0", f"--json={out}")
+  res = run_probe(
+    f"--model={model_dir}",
+    f"--games={alfworld_games}",
+    f"--n={N_GAMES}",
+    f"--split={SPLIT}",
+    "--seed=0",
+    f"--json={out}",
+  )
   assert res.returncode == 0, res.stderr
   with open(out) as f:
     return res.stdout, json.load(f)
 
 
 def _step(index: int, admissible, expert: str, task_id: str = "valid_seen/x/trial/game.tw-pddl") -> ExpertStep:
-  return ExpertStep(task_id, "put a mug in sink.", "pick_and_place_simple", index, "You see a mug 1.",
-                    tuple(admissible), (), expert, (expert,))
+  return ExpertStep(
+    task_id,
+    "put a mug in sink.",
+    "pick_and_place_simple",
+    index,
+    "You see a mug 1.",
+    tuple(admissible),
+    (),
+    expert,
+    (expert,),
+  )
 
 
 # --- pure pieces -----------------------------------------------------------------------------------------
@@ -73,7 +95,8 @@ def _step(index: int, admissible, expert: str, task_id: str = "valid_seen/x/tria
 def test_action_response_format():
   assert skill_probe.SFT_THINK == "I take the next step of my plan."
   assert skill_probe.action_response("go to desk 1") == (
-      "<think>I take the next step of my plan.</think><action>go to desk 1</action>")
+    "<think>I take the next step of my plan.</think><action>go to desk 1</action>"
+  )
 
 
 def test_other_action_is_never_the_expert_action_and_is_deterministic():
@@ -129,8 +152,11 @@ def test_cli_runs_end_to_end_on_real_games(cli_report, replayed):
   probed = [s for s in steps if skill_probe.other_action(s, 0) is not None]
   for record, step in zip(records, probed):
     # The CLI replayed the same steps in the same order, and picked the same other action in another process.
-    assert (record["task_id"], record["step"], record["expert_action"]) == (step.task_id, step.index,
-                                                                           step.expert_action)
+    assert (record["task_id"], record["step"], record["expert_action"]) == (
+      step.task_id,
+      step.index,
+      step.expert_action,
+    )
     assert record["other_action"] == skill_probe.other_action(step, 0) != step.expert_action
     assert set(record["logprob"]) == {"plain", "episode", "step"}
     for variant in record["logprob"].values():
@@ -155,7 +181,7 @@ def test_cli_runs_end_to_end_on_real_games(cli_report, replayed):
 def _reference_sum(model, prompt_ids, response_ids) -> float:
   ids = torch.tensor([prompt_ids + response_ids])
   with torch.no_grad():
-    logp = torch.log_softmax(model(ids).logits[0, len(prompt_ids) - 1:-1].double(), -1)
+    logp = torch.log_softmax(model(ids).logits[0, len(prompt_ids) - 1 : -1].double(), -1)
   return float(logp[torch.arange(len(response_ids)), torch.tensor(response_ids)].sum())
 
 
@@ -163,6 +189,7 @@ def test_scores_are_the_rollout_prompt_and_sft_response_under_pytorch(cli_report
   """Rebuilds two steps' prompts from the rollout renderer and the expert analyzer's skill texts, and checks
   the probe's summed log-probs against the PyTorch model."""
   import transformers
+
   _, report = cli_report
   tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
   model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -172,9 +199,11 @@ def test_scores_are_the_rollout_prompt_and_sft_response_under_pytorch(cli_report
   for record in (report["records"][0], report["records"][-1]):
     step = steps[(record["task_id"], record["step"])]
     plain = render_alfworld_prompt(step.task, step.observation, step.admissible_actions, step.history, 1)
-    texts = {"plain": plain,
-             "episode": inject_skill(plain, RoutedSkill(episode_skill=workflow_skill(step.plan))),
-             "step": inject_skill(plain, RoutedSkill(step_skill=next_action_skill(step.expert_action)))}
+    texts = {
+      "plain": plain,
+      "episode": inject_skill(plain, RoutedSkill(episode_skill=workflow_skill(step.plan))),
+      "step": inject_skill(plain, RoutedSkill(step_skill=next_action_skill(step.expert_action))),
+    }
     for variant, text in texts.items():
       prompt_ids = tokenize_prompt(tokenizer, to_chat_text(tokenizer, text), 2048)
       for name, action in (("expert", step.expert_action), ("other", record["other_action"])):
@@ -186,14 +215,16 @@ def test_scores_are_the_rollout_prompt_and_sft_response_under_pytorch(cli_report
 
 def test_skill_free_prompts_shift_exactly_zero(replayed, model_dir):
   from opid_jax.model import loading
+
   loaded = loading.load(model_dir)
   end_id = skill_probe.end_of_turn_id(loaded.tokenizer, loaded.stop_ids)
   no_skill = lambda step: {"episode": NO_SKILL, "step": NO_SKILL}
   items, skipped = skill_probe.build_items(replayed, seed=0, history_length=1, skills_fn=no_skill)
   assert items and skipped == 0
   assert all(item.prompts["episode"] == item.prompts["step"] == item.prompts["plain"] for item in items)
-  score = skill_probe.scorer_sums(loaded.model, loaded.pad_id,
-                                  skill_probe.longest_response(items, loaded.tokenizer, end_id), 2048)
+  score = skill_probe.scorer_sums(
+    loaded.model, loaded.pad_id, skill_probe.longest_response(items, loaded.tokenizer, end_id), 2048
+  )
   records = skill_probe.probe(items, loaded.tokenizer, end_id, score, 2048)
   for record in records:
     assert all(math.isfinite(v) for variant in record["logprob"].values() for v in variant.values())
@@ -212,10 +243,12 @@ def test_skill_free_prompts_shift_exactly_zero(replayed, model_dir):
 
 @pytest.mark.parametrize("case", ["missing_games", "bad_split", "missing_model", "bad_n"])
 def test_bad_input_is_one_error_line(case, model_dir, alfworld_games, tmp_path):
-  args = {"missing_games": ([f"--model={model_dir}", f"--games={tmp_path}/nope"], "does not exist"),
-          "bad_split": ([f"--model={model_dir}", f"--games={alfworld_games}", "--split=train"], "train"),
-          "missing_model": ([f"--model={tmp_path}/no_model", f"--games={alfworld_games}"], "does not exist"),
-          "bad_n": ([f"--model={model_dir}", f"--games={alfworld_games}", "--n=0"], "--n")}
+  args = {
+    "missing_games": ([f"--model={model_dir}", f"--games={tmp_path}/nope"], "does not exist"),
+    "bad_split": ([f"--model={model_dir}", f"--games={alfworld_games}", "--split=train"], "train"),
+    "missing_model": ([f"--model={tmp_path}/no_model", f"--games={alfworld_games}"], "does not exist"),
+    "bad_n": ([f"--model={model_dir}", f"--games={alfworld_games}", "--n=0"], "--n"),
+  }
   argv, needle = args[case]
   res = run_probe(*argv)
   assert res.returncode == 2, (res.returncode, res.stderr)

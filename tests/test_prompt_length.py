@@ -31,6 +31,7 @@ IDS = list(range(100, 110))  # ten ids
 
 # ---------------------------------------------------------------- the rule
 
+
 @pytest.mark.parametrize("side", prompt_length.SIDES)
 @pytest.mark.parametrize("limit", [None, 10, 11])
 def test_a_prompt_within_the_limit_is_unchanged(side, limit):
@@ -48,10 +49,15 @@ def test_error_refuses_with_one_line_naming_length_limit_and_keys():
   with pytest.raises(PromptTooLong) as info:
     prompt_length.fit(IDS, 4, "error")
   assert isinstance(info.value, UserError)
-  assert str(info.value) == ("a prompt of 10 tokens exceeds rollout.max_prompt_tokens=4; raise it, or set "
-                             "rollout.truncation_side='left' to cut long prompts from the left")
-  with pytest.raises(PromptTooLong, match=r"^a skill-augmented prompt of 10 tokens exceeds --max_prompt_tokens=9; "
-                                          r"raise it, or pass --truncate_left"):
+  assert str(info.value) == (
+    "a prompt of 10 tokens exceeds rollout.max_prompt_tokens=4; raise it, or set "
+    "rollout.truncation_side='left' to cut long prompts from the left"
+  )
+  with pytest.raises(
+    PromptTooLong,
+    match=r"^a skill-augmented prompt of 10 tokens exceeds --max_prompt_tokens=9; "
+    r"raise it, or pass --truncate_left",
+  ):
     prompt_length.fit(IDS, 9, "error", prompt_length.CLI, what="skill-augmented prompt")
   with pytest.raises(PromptTooLong, match="exceeds this server's --max_prompt_tokens=9; shorten the messages"):
     prompt_length.fit_all([IDS[:9], IDS], 9, "error", prompt_length.SERVER)
@@ -96,8 +102,9 @@ def counting_pool():
 
 def test_rollout_left_gives_the_tail_of_the_full_prompt(counting_pool, chatml_tokenizer):
   policy = RecordingPolicy(chatml_tokenizer)
-  trajectories = rollout.run_groups(counting_pool, policy, chatml_tokenizer, ["0", "4"], 1, rollout.alfworld_agent(),
-                                    LIMIT, truncation_side="left")
+  trajectories = rollout.run_groups(
+    counting_pool, policy, chatml_tokenizer, ["0", "4"], 1, rollout.alfworld_agent(), LIMIT, truncation_side="left"
+  )
   steps = [s for t in trajectories for s in t.steps]
   assert steps and len(policy.prompts) == len(steps)
   for step in steps:
@@ -109,27 +116,41 @@ def test_rollout_left_gives_the_tail_of_the_full_prompt(counting_pool, chatml_to
 def test_rollout_and_evaluation_error_refuse_before_the_policy_runs(counting_pool, chatml_tokenizer):
   policy = RecordingPolicy(chatml_tokenizer)
   with pytest.raises(PromptTooLong, match=r"exceeds rollout.max_prompt_tokens=24; .*truncation_side='left'"):
-    rollout.run_groups(counting_pool, policy, chatml_tokenizer, ["0", "4"], 1, rollout.alfworld_agent(), LIMIT,
-                       truncation_side="error")
+    rollout.run_groups(
+      counting_pool, policy, chatml_tokenizer, ["0", "4"], 1, rollout.alfworld_agent(), LIMIT, truncation_side="error"
+    )
   with pytest.raises(PromptTooLong, match="rollout.max_prompt_tokens=24"):
     tables.evaluate(counting_pool, policy, chatml_tokenizer, rollout.alfworld_agent(), ["1"], LIMIT, "error")
   assert policy.prompts == []
   # within the limit, "error" changes nothing
-  trajectories = rollout.run_groups(counting_pool, policy, chatml_tokenizer, ["0"], 1, rollout.alfworld_agent(),
-                                    4096, truncation_side="error")
+  trajectories = rollout.run_groups(
+    counting_pool, policy, chatml_tokenizer, ["0"], 1, rollout.alfworld_agent(), 4096, truncation_side="error"
+  )
   for step in trajectories[0].steps:
     assert step.prompt_ids == chatml_tokenizer(step.prompt_text, add_special_tokens=False)["input_ids"]
 
 
 # ---------------------------------------------------------------- skill-augmented prompts
 
+
 def _one_step_trajectory(tokenizer) -> tuple[Trajectory, list[int]]:
-  user = rollout.alfworld_agent().render("put a clean cloth in cabinet.", "You arrive at sinkbasin 1.",
-                                         ["clean cloth 1 with sinkbasin 1", "look"], [], 5)
+  user = rollout.alfworld_agent().render(
+    "put a clean cloth in cabinet.", "You arrive at sinkbasin 1.", ["clean cloth 1 with sinkbasin 1", "look"], [], 5
+  )
   chat = prompts.to_chat_text(tokenizer, user)
   ids = prompts.tokenize_prompt(tokenizer, chat)
-  step = Step(index=0, observation="You arrive at sinkbasin 1.", admissible_actions=[], prompt_text=chat,
-              prompt_ids=ids, response_ids=[1], response_text="", action="look", valid=True, user_prompt_text=user)
+  step = Step(
+    index=0,
+    observation="You arrive at sinkbasin 1.",
+    admissible_actions=[],
+    prompt_text=chat,
+    prompt_ids=ids,
+    response_ids=[1],
+    response_text="",
+    action="look",
+    valid=True,
+    user_prompt_text=user,
+  )
   return Trajectory(0, 7, "t", "put a clean cloth in cabinet.", "clean", steps=[step]), ids
 
 
@@ -145,26 +166,31 @@ def test_skill_prompts_follow_the_side(chatml_tokenizer):
   assert len(full) > limit
 
   def settings(side):
-    return opid_samples.OpidSettings(lambda_skill=0.5, routing="episode_only", max_prompt_tokens=limit,
-                                     truncation_side=side)
+    return opid_samples.OpidSettings(
+      lambda_skill=0.5, routing="episode_only", max_prompt_tokens=limit, truncation_side=side
+    )
 
   assert opid_samples.skill_prompt_ids([traj], ANALYSIS, chatml_tokenizer, settings("left")) == [full[-limit:]]
-  with pytest.raises(PromptTooLong, match=f"a skill-augmented prompt of {len(full)} tokens exceeds "
-                                          f"rollout.max_prompt_tokens={limit}"):
+  with pytest.raises(
+    PromptTooLong, match=f"a skill-augmented prompt of {len(full)} tokens exceeds rollout.max_prompt_tokens={limit}"
+  ):
     opid_samples.skill_prompt_ids([traj], ANALYSIS, chatml_tokenizer, settings("error"))
 
 
 # ---------------------------------------------------------------- sampler and scorer
 
+
 @pytest.fixture(scope="module")
 def tiny():
   from tiny_models import tiny_model
+
   return tiny_model(seed=1)
 
 
 def test_sampler_and_scorer_error_refuse(tiny):
   from opid_jax.generation.sampler import Sampler, SamplingParams
   from opid_jax.rl.scoring import Scorer
+
   long_prompt = list(range(1, 13))
   sampler = Sampler(tiny, [0], 0, prompt_buckets=(8,), batch_buckets=(1,))
   with pytest.raises(PromptTooLong, match="a prompt of 12 tokens exceeds rollout.max_prompt_tokens=8"):
@@ -176,8 +202,10 @@ def test_sampler_and_scorer_error_refuse(tiny):
 
 def test_sampler_and_scorer_left_read_the_tail(tiny):
   import numpy as np
+
   from opid_jax.generation.sampler import Sampler, SamplingParams
   from opid_jax.rl.scoring import Scorer
+
   long_prompt = list(range(1, 13))
   sampler = Sampler(tiny, [0], 0, prompt_buckets=(8,), batch_buckets=(2,), truncate_left=True)
   out = sampler.generate([long_prompt, long_prompt[-8:]], SamplingParams(temperature=0.0, max_new_tokens=3))
@@ -188,6 +216,7 @@ def test_sampler_and_scorer_left_read_the_tail(tiny):
 
 
 # ---------------------------------------------------------------- the generate / score tools
+
 
 def run_tool(*args):
   return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=ENV, timeout=300)
@@ -211,13 +240,16 @@ def test_tools_refuse_or_cut_a_long_prompt(model_dir, tool):
 
 # ---------------------------------------------------------------- the server
 
+
 @pytest.fixture(scope="module")
 def servers(model_dir):
   from opid_jax.generation.server import build_server
+
   urls, running = {}, []
   for side in prompt_length.SIDES:
-    httpd, batcher = build_server(model_dir, "127.0.0.1", 0, max_batch=1, max_prompt_tokens=16,
-                                  default_max_tokens=1, truncation_side=side)
+    httpd, batcher = build_server(
+      model_dir, "127.0.0.1", 0, max_batch=1, max_prompt_tokens=16, default_max_tokens=1, truncation_side=side
+    )
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     urls[side] = f"http://127.0.0.1:{httpd.server_address[1]}/v1/chat/completions"
     running.append((httpd, batcher))
@@ -243,9 +275,11 @@ def test_server_refuses_with_a_400_error_object_or_cuts_on_the_left(servers):
 
 # ---------------------------------------------------------------- training: the run's one error line
 
+
 def test_training_with_error_side_ends_in_one_error_line(train_cmd, tmp_path):
-  cmd = train_cmd(str(tmp_path / "run"), "--config.rollout.truncation_side=error",
-                  "--config.rollout.max_prompt_tokens=16")
+  cmd = train_cmd(
+    str(tmp_path / "run"), "--config.rollout.truncation_side=error", "--config.rollout.max_prompt_tokens=16"
+  )
   res = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
   assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
   lines = [line for line in res.stderr.strip().splitlines() if line.strip()]

@@ -1,13 +1,12 @@
 """Each env family builds from a config block, and bad data paths give one-line errors."""
 
 import pytest
-from ml_collections import ConfigDict
+from shared_data import shared_path
 
 from configs import base
 from opid_jax.agent import env_setup
 from opid_jax.envs.webshop import catalogue as webshop_catalogue
 from opid_jax.errors import UserError
-from shared_data import shared_path
 
 
 def blocks(**env):
@@ -17,8 +16,9 @@ def blocks(**env):
 
 
 def test_alfworld(alfworld_games):
-  setup = env_setup.build(*blocks(name="alfworld", data_dir=alfworld_games, train_split="valid_seen",
-                                 eval_split="valid_unseen"))
+  setup = env_setup.build(
+    *blocks(name="alfworld", data_dir=alfworld_games, train_split="valid_seen", eval_split="valid_unseen")
+  )
   assert len(setup.train_tasks) == 140 and len(setup.eval_tasks) == 134
   assert setup.agent.max_steps == 30 and setup.agent.history_length == 5
 
@@ -36,11 +36,14 @@ def test_webshop(tmp_path):
   assert setup.factory().reset(setup.train_tasks[0]).admissible_actions
 
 
-@pytest.mark.parametrize("env,needle", [
+@pytest.mark.parametrize(
+  "env,needle",
+  [
     (dict(name="alfworld", data_dir="/nonexistent/alfworld"), "ALFWorld data not found"),
     (dict(name="search_qa", train_questions="/nonexistent.jsonl"), "training questions not found"),
     (dict(name="webshop", data_dir="/nonexistent/webshop"), "/nonexistent/webshop"),
-])
+  ],
+)
 def test_missing_data_is_one_line(env, needle):
   with pytest.raises(UserError, match=needle) as e:
     env_setup.build(*blocks(**env))

@@ -1,23 +1,29 @@
 """Per-layer remat changes memory, not numbers: loss and gradients equal the plain model's."""
 
-import dataclasses
-
 import jax
 import numpy as np
 from flax import nnx
-
-from opid_jax.rl import update
 from tiny_models import tiny_model
 from update_check import fixed_samples
-from opid_jax.rl import batch as batch_lib
+
+from opid_jax.rl import batch as batch_lib, update
 
 
 def grads_of(model):
   graphdef, params = nnx.split(model)
-  batch = batch_lib.minibatches(fixed_samples(8), mini_batch_size=8, micro_batch_size=4, seed=0, pad_id=0,
-                                prompt_buckets=(32,), response_buckets=(16,), with_ref=True)[0]
-  grads, metrics = jax.jit(lambda p, b: update.accumulate_gradients(p, graphdef, b, update.LossConfig(
-      kl_coef=0.01, chunk_size=8)))(params, batch)
+  batch = batch_lib.minibatches(
+    fixed_samples(8),
+    mini_batch_size=8,
+    micro_batch_size=4,
+    seed=0,
+    pad_id=0,
+    prompt_buckets=(32,),
+    response_buckets=(16,),
+    with_ref=True,
+  )[0]
+  grads, metrics = jax.jit(
+    lambda p, b: update.accumulate_gradients(p, graphdef, b, update.LossConfig(kl_coef=0.01, chunk_size=8))
+  )(params, batch)
   return jax.tree.leaves(grads), metrics
 
 

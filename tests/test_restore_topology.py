@@ -13,8 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
-
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
 from opid_jax.model import loading
 
 pytestmark = pytest.mark.slow  # every test trains a run first
@@ -37,8 +37,17 @@ def run(args, env, timeout=600) -> subprocess.CompletedProcess:
 
 
 def train(model_dir, workdir, env, *overrides) -> subprocess.CompletedProcess:
-  return run(["-m", "opid_jax.train", "--config=configs/smoke.py", f"--workdir={workdir}",
-              f"--config.model.path={model_dir}", *overrides], env)
+  return run(
+    [
+      "-m",
+      "opid_jax.train",
+      "--config=configs/smoke.py",
+      f"--workdir={workdir}",
+      f"--config.model.path={model_dir}",
+      *overrides,
+    ],
+    env,
+  )
 
 
 def assert_no_saved_sharding_restore(stderr: str):
@@ -63,8 +72,10 @@ def checkpoint_params(workdir, step) -> dict[str, np.ndarray]:
   """The saved parameters as numpy (no shardings involved), keyed like `flat_params`."""
   as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved_tree(workdir, step))
   tree = ocp.PyTreeCheckpointer().restore(state_dir(workdir, step), restore_args=as_numpy)["params"]
-  flat = {"/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = {
+    "/".join(str(getattr(k, "key", k)) for k in p): np.asarray(v)
+    for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   return {k.removesuffix("/value"): v for k, v in flat.items()}
 
 
@@ -114,8 +125,17 @@ def resumed_on_one_device(run_on_8, model_dir, tmp_path_factory):
 
 
 def test_run_trained_on_8_devices_evaluates_and_exports_on_one(run_on_8, model_dir, tmp_path):
-  res = run(["-m", "opid_jax.evaluate", "--config=configs/smoke.py", f"--workdir={run_on_8}",
-             f"--config.model.path={model_dir}", "--num_tasks=2"], ONE_DEVICE)
+  res = run(
+    [
+      "-m",
+      "opid_jax.evaluate",
+      "--config=configs/smoke.py",
+      f"--workdir={run_on_8}",
+      f"--config.model.path={model_dir}",
+      "--num_tasks=2",
+    ],
+    ONE_DEVICE,
+  )
   assert "| all | 2 |" in res.stdout, res.stdout
   with open(os.path.join(run_on_8, "eval_valid_unseen.json")) as f:
     assert json.load(f)["checkpoint_iteration"] == 2
@@ -137,6 +157,7 @@ def test_restored_params_are_the_models_state(run_on_8, model_dir):
   """In-process (one device): restore_latest_params gives an nnx.State of the model's structure (variable types
   and metadata included) that nnx.update accepts, holding the checkpoint's values."""
   from opid_jax.checkpoint import run_files
+
   model = loading.load(model_dir, dtype="float32").model
   _, params = nnx.split(model)
   restored, step = run_files.restore_latest_params(run_on_8, params)

@@ -58,8 +58,7 @@ def test_greedy_and_reported_logprob():
   assert token.tolist() == [0, 3]
   np.testing.assert_allclose(logp, np.log([0.5, 0.5]), rtol=1e-5)
   # With a temperature the reported log-prob is under softmax(logits / T), before any filtering.
-  token, logp = sample_token(logits[:1], jax.random.PRNGKey(3), jnp.float32(2.0), jnp.float32(0.3),
-                             jnp.int32(0))
+  token, logp = sample_token(logits[:1], jax.random.PRNGKey(3), jnp.float32(2.0), jnp.float32(0.3), jnp.int32(0))
   want = np.log(np.sqrt([0.5, 0.25, 0.15, 0.1]) / np.sqrt([0.5, 0.25, 0.15, 0.1]).sum())
   assert token.tolist() == [0]  # top-p 0.3 keeps only the first token
   np.testing.assert_allclose(logp, want[:1], rtol=1e-5)

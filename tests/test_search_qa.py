@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 import threading
 
 import httpx
 import pytest
+from shared_data import shared_path
 
 from opid_jax.agent import rollout
 from opid_jax.envs import retrieval_server
 from opid_jax.envs.pool import EnvPool
-from opid_jax.envs.search_qa import (INVALID_ACTION_FEEDBACK, RetrieverClient, SearchQAEnv,
-                                     exact_match, format_passages, list_questions,
-                                     normalize_answer)
-
-from shared_data import shared_path
+from opid_jax.envs.search_qa import (
+  INVALID_ACTION_FEEDBACK,
+  RetrieverClient,
+  SearchQAEnv,
+  exact_match,
+  format_passages,
+  list_questions,
+  normalize_answer,
+)
 
 CORPUS = shared_path("search_qa", "corpus", "wiki18_sample_1000.jsonl")
 NQ = shared_path("search_qa", "qa", "nq_test.jsonl")
-
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +42,10 @@ def retriever_url():
 
 @pytest.fixture
 def questions(tmp_path):
-  rows = [{"id": "q1", "question": "Which company did Evan Morris lobby for?",
-           "golden_answers": ["Genentech", "Roche"]},
-          {"id": "q2", "question": "Who wrote The Hobbit?", "golden_answers": ["J. R. R. Tolkien"]}]
+  rows = [
+    {"id": "q1", "question": "Which company did Evan Morris lobby for?", "golden_answers": ["Genentech", "Roche"]},
+    {"id": "q2", "question": "Who wrote The Hobbit?", "golden_answers": ["J. R. R. Tolkien"]},
+  ]
   path = tmp_path / "mini_test.jsonl"
   path.write_text("".join(json.dumps(row) + "\n" for row in rows))
   return str(path)
@@ -57,11 +61,15 @@ def test_normalisation_and_exact_match():
 
 
 def test_passages_are_formatted_like_search_r1():
-  docs = [{"id": "1", "contents": '"Evan Morris"\nEvan Morris was a lobbyist.'},
-          {"id": "2", "contents": "Lima\nLima is the capital of Peru."}]
-  assert format_passages(docs) == ("<information>Doc 1(Title: Evan Morris) Evan Morris was a "
-                                   "lobbyist.\nDoc 2(Title: Lima) Lima is the capital of Peru."
-                                   "</information>")
+  docs = [
+    {"id": "1", "contents": '"Evan Morris"\nEvan Morris was a lobbyist.'},
+    {"id": "2", "contents": "Lima\nLima is the capital of Peru."},
+  ]
+  assert format_passages(docs) == (
+    "<information>Doc 1(Title: Evan Morris) Evan Morris was a "
+    "lobbyist.\nDoc 2(Title: Lima) Lima is the capital of Peru."
+    "</information>"
+  )
 
 
 def test_server_round_trip_with_batched_queries_and_topk(retriever_url):
@@ -81,7 +89,9 @@ def test_server_round_trip_with_batched_queries_and_topk(retriever_url):
   assert health == {"status": "ok", "documents": 1000}
 
 
-@pytest.mark.parametrize("body, status, message", [
+@pytest.mark.parametrize(
+  "body, status, message",
+  [
     (b"{not json", 400, "not valid JSON"),
     (b"[1, 2]", 400, "JSON object"),
     (b'{"topk": 3}', 400, "'queries'"),
@@ -91,7 +101,8 @@ def test_server_round_trip_with_batched_queries_and_topk(retriever_url):
     (b'{"queries": ["a"], "topk": "3"}', 400, "'topk'"),
     (b'{"queries": ["a"], "return_scores": "yes"}', 400, "'return_scores'"),
     (b"\xff\xfe", 400, "not valid JSON"),
-])
+  ],
+)
 def test_malformed_requests_get_4xx_with_a_message(retriever_url, body, status, message):
   reply = httpx.post(retriever_url, content=body, headers={"Content-Type": "application/json"})
   assert reply.status_code == status
@@ -108,17 +119,19 @@ def test_wrong_paths_and_methods(retriever_url):
 
 def test_server_command_line(tmp_path):
   corpus = tmp_path / "corpus.jsonl"
-  corpus.write_text('{"id": "a", "contents": "Lima\\nCapital of Peru."}\n'
-                    '{"id": "b", "contents": "Oslo\\nCapital of Norway."}\n')
+  corpus.write_text(
+    '{"id": "a", "contents": "Lima\\nCapital of Peru."}\n{"id": "b", "contents": "Oslo\\nCapital of Norway."}\n'
+  )
   process = subprocess.Popen(
-      [sys.executable, "-m", "opid_jax.envs.retrieval_server", f"--corpus={corpus}", "--port=0"],
-      stderr=subprocess.PIPE, text=True)
+    [sys.executable, "-m", "opid_jax.envs.retrieval_server", f"--corpus={corpus}", "--port=0"],
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   try:
     line = process.stderr.readline()
     assert "127.0.0.1" in line
     url = line.split()[-1]
-    hits = httpx.post(url, json={"queries": ["norway"], "topk": 1, "return_scores": True},
-                      timeout=10).json()["result"]
+    hits = httpx.post(url, json={"queries": ["norway"], "topk": 1, "return_scores": True}, timeout=10).json()["result"]
     assert hits[0][0]["document"]["id"] == "b"
   finally:
     process.terminate()
@@ -181,22 +194,22 @@ def test_search_rollout_through_the_pool(retriever_url, questions, chatml_tokeni
     for ids in prompt_ids:
       prompt = tokenizer.decode(ids)
       company = "Genentech" if "Genentech" in prompt.split("current observation is:")[-1] else ""
-      text = (f"<think>Found it.</think><answer>{company}</answer>" if company else
-              "<think>Search first.</think><search>Evan Morris lobbyist</search>")
+      text = (
+        f"<think>Found it.</think><answer>{company}</answer>"
+        if company
+        else "<think>Search first.</think><search>Evan Morris lobbyist</search>"
+      )
       response = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
       out.append((response, [-1.0] * len(response)))
     return out
 
   factory = functools.partial(SearchQAEnv, questions, retriever_url=retriever_url)
   with EnvPool(factory, num_envs=2, num_workers=1) as pool:
-    trajectories = rollout.run_groups(pool, policy, tokenizer, ["q1"], group_size=2,
-                                      agent=rollout.search_agent())
+    trajectories = rollout.run_groups(pool, policy, tokenizer, ["q1"], group_size=2, agent=rollout.search_agent())
   for traj in trajectories:
     assert traj.won and traj.episode_return == 1.0 and traj.length == 2
-    assert [s.action for s in traj.steps] == ["<search>Evan Morris lobbyist</search>",
-                                              "<answer>Genentech</answer>"]
+    assert [s.action for s in traj.steps] == ["<search>Evan Morris lobbyist</search>", "<answer>Genentech</answer>"]
     assert all(s.valid for s in traj.steps)
     assert traj.hindsight.gold_answers == ("Genentech", "Roche")
     assert "Your question: Which company did Evan Morris lobby for?" in traj.steps[1].prompt_text
     assert "Action 1: '<search>Evan Morris lobbyist</search>'" in traj.steps[1].prompt_text
-

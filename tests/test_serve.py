@@ -1,12 +1,11 @@
 """The OpenAI-compatible server over real loopback HTTP, and the `openai` analyzer backend talking to it."""
 
-import json
 import threading
 
 import httpx
 import pytest
-
 from hf_fixtures import make_hf_model, save_tiny_tokenizer
+
 from opid_jax.agent.trajectory import Step, Trajectory
 from opid_jax.envs.base import Hindsight
 from opid_jax.generation.server import build_server
@@ -18,8 +17,7 @@ def server(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("served"))
   save_tiny_tokenizer(model_dir)
   make_hf_model("qwen3", model_dir, seed=4)
-  httpd, batcher = build_server(model_dir, "127.0.0.1", 0, max_batch=16, max_prompt_tokens=1024,
-                                default_max_tokens=16)
+  httpd, batcher = build_server(model_dir, "127.0.0.1", 0, max_batch=16, max_prompt_tokens=1024, default_max_tokens=16)
   thread = threading.Thread(target=httpd.serve_forever, daemon=True)
   thread.start()
   yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", model_dir
@@ -45,15 +43,21 @@ def test_models_and_a_completion(server):
     assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length")
   usage = body["usage"]
-  assert 1 <= usage["completion_tokens"] <= 10 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+  assert (
+    1 <= usage["completion_tokens"] <= 10
+    and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+  )
 
 
-@pytest.mark.parametrize("body,status,needle", [
+@pytest.mark.parametrize(
+  "body,status,needle",
+  [
     ({"messages": "hi"}, 400, "messages"),
     ({"messages": [{"role": "user", "content": "x"}], "stream": True}, 400, "stream"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "numbers"),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens"),
-])
+  ],
+)
 def test_bad_requests_get_error_objects(server, body, status, needle):
   url, _ = server
   res = httpx.post(f"{url}/chat/completions", json=body, timeout=60)
@@ -68,8 +72,10 @@ def test_concurrent_requests_share_batches(server):
   url, _ = server
   before = httpx.get(f"{url}/stats", timeout=30).json()
   results = [None] * 12
+
   def one(i):
     results[i] = chat(url, max_tokens=6, temperature=1.0).status_code
+
   threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
   for t in threads:
     t.start()
@@ -82,18 +88,47 @@ def test_concurrent_requests_share_batches(server):
 
 
 def trajectory(traj_id, won):
-  steps = [Step(index=i, observation=f"You see a cabinet {i}.", admissible_actions=["go to cabinet 1"],
-                prompt_text="", prompt_ids=[1], response_ids=[2], response_text="<action>go to cabinet 1</action>",
-                action="go to cabinet 1", valid=True, reward=10.0 if (won and i == 1) else 0.0) for i in range(2)]
-  return Trajectory(group_id=0, traj_id=traj_id, task_id="t", task="put a mug in the sink", task_type="pick",
-                    steps=steps, won=won, episode_return=10.0 if won else 0.0, hindsight=Hindsight())
+  steps = [
+    Step(
+      index=i,
+      observation=f"You see a cabinet {i}.",
+      admissible_actions=["go to cabinet 1"],
+      prompt_text="",
+      prompt_ids=[1],
+      response_ids=[2],
+      response_text="<action>go to cabinet 1</action>",
+      action="go to cabinet 1",
+      valid=True,
+      reward=10.0 if (won and i == 1) else 0.0,
+    )
+    for i in range(2)
+  ]
+  return Trajectory(
+    group_id=0,
+    traj_id=traj_id,
+    task_id="t",
+    task="put a mug in the sink",
+    task_type="pick",
+    steps=steps,
+    won=won,
+    episode_return=10.0 if won else 0.0,
+    hindsight=Hindsight(),
+  )
 
 
 def test_openai_backend_talks_to_the_server(server, monkeypatch):
   url, model_dir = server
   monkeypatch.setenv("OPID_TEST_KEY", "sk-sentinel-not-a-real-key")
-  backend = make_backend("openai", base_url=url, model=model_dir, api_key_env="OPID_TEST_KEY", concurrency=4,
-                         timeout_s=120, max_tokens=24, max_step_skills=2)
+  backend = make_backend(
+    "openai",
+    base_url=url,
+    model=model_dir,
+    api_key_env="OPID_TEST_KEY",
+    concurrency=4,
+    timeout_s=120,
+    max_tokens=24,
+    max_step_skills=2,
+  )
   results = backend.analyze_many([trajectory(i, won=i % 2 == 0) for i in range(4)])
   stats = backend.last_stats
   assert len(results) == 4 and stats.trajectories == 4

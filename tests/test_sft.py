@@ -15,28 +15,34 @@ import pytest
 from flax import nnx
 
 from configs import sft_alfworld_small
-from opid_jax.sft import data as sft_data
-from opid_jax.sft import trainer as sft_trainer
 from opid_jax.errors import UserError
 from opid_jax.model import hf_io, loading
-from opid_jax.batching import padding
-from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import update
+from opid_jax.rl import batch as batch_lib, update
 from opid_jax.rl.loss import nll_loss
 from opid_jax.rl.scoring import Scorer
+from opid_jax.sft import data as sft_data, trainer as sft_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_sft_config(data_dir: str, cache: str):
   c = sft_alfworld_small.get_config()
-  c.small_policy.update(vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
-                        intermediate_size=64)
-  c.data.update(data_dir=data_dir, split="valid_seen", num_games=4, heldout_games=1, cache=cache,
-                skill_share_episode=0.3, skill_share_step=0.3)
+  c.small_policy.update(
+    vocab_size=400, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64
+  )
+  c.data.update(
+    data_dir=data_dir,
+    split="valid_seen",
+    num_games=4,
+    heldout_games=1,
+    cache=cache,
+    skill_share_episode=0.3,
+    skill_share_step=0.3,
+  )
   c.optim.update(lr=3e-3, warmup_steps=1)
-  c.train.update(steps=4, batch_size=4, micro_batch_size=2, eval_every=2, prompt_buckets=(512, 1024, 2048),
-                 response_buckets=(32, 64))
+  c.train.update(
+    steps=4, batch_size=4, micro_batch_size=2, eval_every=2, prompt_buckets=(512, 1024, 2048), response_buckets=(32, 64)
+  )
   c.data.max_prompt_tokens = 2048
   c.checkpoint.update(save_every=1, keep=10, async_save=False)
   return c
@@ -80,7 +86,7 @@ def test_expert_steps_replay_real_games(alfworld_games, expert_cache):
     assert [s.expert_action for s in game] == list(game[0].plan)  # the whole walkthrough, which won
     for s in game:
       assert s.expert_action in s.admissible_actions
-      assert [h.action for h in s.history] == list(s.plan[:s.index])
+      assert [h.action for h in s.history] == list(s.plan[: s.index])
 
 
 def test_skill_kinds_follow_the_shares():
@@ -120,17 +126,27 @@ def test_from_scratch_policy_and_response_only_loss(finished_run):
   for s, step in zip(samples, steps):
     expected = f"<think>I take the next step of my plan.</think><action>{step.expert_action}</action><|im_end|>"
     assert tok.decode(s.response_ids) == expected
-  (mb,) = batch_lib.minibatches(samples, mini_batch_size=4, micro_batch_size=2, seed=0, pad_id=loaded.pad_id,
-                                prompt_buckets=(512, 1024, 2048), response_buckets=(32, 64))
+  (mb,) = batch_lib.minibatches(
+    samples,
+    mini_batch_size=4,
+    micro_batch_size=2,
+    seed=0,
+    pad_id=loaded.pad_id,
+    prompt_buckets=(512, 1024, 2048),
+    response_buckets=(32, 64),
+  )
   assert mb["response_mask"].sum() == sum(len(s.response_ids) for s in samples)
   graphdef, params = nnx.split(loaded.model)
   token_count = float(mb["response_mask"].sum())
   cfg = update.LossConfig(objective="nll", with_entropy=False)
-  total = sum(float(update.micro_batch_loss(params, graphdef, jax.tree.map(lambda x: x[i], mb), token_count, cfg)[0])
-              for i in range(2))
+  total = sum(
+    float(update.micro_batch_loss(params, graphdef, jax.tree.map(lambda x: x[i], mb), token_count, cfg)[0])
+    for i in range(2)
+  )
   # The same number through an independent path: the scorer's per-token log-probs of the response tokens only.
-  scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=2, prompt_buckets=(512, 1024, 2048),
-                  response_buckets=(32, 64))
+  scorer = Scorer(
+    loaded.model, loaded.pad_id, micro_batch=2, prompt_buckets=(512, 1024, 2048), response_buckets=(32, 64)
+  )
   logps = scorer.score([s.prompt_ids for s in samples], [s.response_ids for s in samples]).logprobs
   expected = -sum(float(lp.sum()) for lp in logps) / token_count
   assert total == pytest.approx(expected, rel=1e-5)
@@ -141,8 +157,15 @@ def test_loss_falls_on_a_small_fixed_batch(finished_run):
   loaded = loading.load(os.path.join(workdir, "init_policy"))
   steps = sft_data.load_or_build(config.data.cache, config.data.data_dir, "valid_seen", 4, 0)[:4]
   maker = sft_trainer.ExampleMaker(loaded.tokenizer, loaded.stop_ids[0], 1, 2048)
-  (mb,) = batch_lib.minibatches(maker.samples(steps, ["none"] * 4), mini_batch_size=4, micro_batch_size=2, seed=0,
-                                pad_id=loaded.pad_id, prompt_buckets=(512, 1024, 2048), response_buckets=(32, 64))
+  (mb,) = batch_lib.minibatches(
+    maker.samples(steps, ["none"] * 4),
+    mini_batch_size=4,
+    micro_batch_size=2,
+    seed=0,
+    pad_id=loaded.pad_id,
+    prompt_buckets=(512, 1024, 2048),
+    response_buckets=(32, 64),
+  )
   graphdef, params = nnx.split(loaded.model)
   tx = update.make_optimizer(lr=1e-2)
   state = update.init_train_state(params, tx)
@@ -190,11 +213,18 @@ def test_resumed_run_continues_exactly(finished_run):
 
 def test_cli_bad_input_is_one_line(tmp_path):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-  cmd = [sys.executable, "-m", "opid_jax.sft", "--config=configs/sft_alfworld_small.py",
-         f"--workdir={tmp_path}", "--config.data.data_dir=/nonexistent/alfworld"]
+  cmd = [
+    sys.executable,
+    "-m",
+    "opid_jax.sft",
+    "--config=configs/sft_alfworld_small.py",
+    f"--workdir={tmp_path}",
+    "--config.data.data_dir=/nonexistent/alfworld",
+  ]
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert out.stderr.strip().splitlines()[-1].startswith("error: ALFWorld data not found")
-  bad_key = subprocess.run(cmd[:-1] + ["--config.data.skill_shaer=0.5"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120)
+  bad_key = subprocess.run(
+    cmd[:-1] + ["--config.data.skill_shaer=0.5"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+  )
   assert bad_key.returncode == 2 and bad_key.stderr.strip().startswith("error:")

@@ -35,30 +35,39 @@ def test_evaluation_standard_error_by_hand():
 
 
 def test_verdict_needs_two_seeds_and_a_gap_above_the_noise():
-  runs = {"opid": {s: _seed(v) for s, v in enumerate([0.20, 0.22, 0.24])},
-          "grpo": {s: _seed(v) for s, v in enumerate([0.10, 0.11, 0.12])}}
+  runs = {
+    "opid": {s: _seed(v) for s, v in enumerate([0.20, 0.22, 0.24])},
+    "grpo": {s: _seed(v) for s, v in enumerate([0.10, 0.11, 0.12])},
+  }
   # gap 11.0 points; seed stds 2.0 / 1.0; se = sqrt((.22*.78 + .11*.89) / 1000) = 1.64 points -> resolved
   line = study_report.compare(runs, "opid", "grpo", episodes=1000)
   assert "+11.0 points" in line and "largest seed std 2.0" in line and "difference 1.6" in line
   assert line.endswith("opid better.")
   # on 50 games the standard error is 7.3 points: 2 x 7.3 > 11.0
-  assert study_report.compare(runs, "opid", "grpo", episodes=50).endswith("within the noise: not resolved at this scale.")
+  assert study_report.compare(runs, "opid", "grpo", episodes=50).endswith(
+    "within the noise: not resolved at this scale."
+  )
   assert study_report.compare(runs, "grpo", "opid", episodes=1000).endswith("opid better.")
   one = {"opid": {0: _seed(0.3)}, "grpo": {0: _seed(0.1)}}
   assert "one seed only" in study_report.compare(one, "opid", "grpo", episodes=1000)
   lines = study_report.verdict({**runs, "step_only": {0: _seed(0.5), 1: _seed(0.5)}}, episodes=1000)
   assert lines[0].startswith("- OPID - GRPO (the paper's direction) on both splits: +11.0 points")
-  assert lines[1].startswith("- opid - step_only on both splits: -28.0 points") and lines[1].endswith("step_only better.")
-  assert lines[2].startswith("- Observed order: step_only > opid > grpo; paper's order: opid > grpo > step_only; "
-                             "Kendall tau -0.33")
+  assert lines[1].startswith("- opid - step_only on both splits: -28.0 points") and lines[1].endswith(
+    "step_only better."
+  )
+  assert lines[2].startswith(
+    "- Observed order: step_only > opid > grpo; paper's order: opid > grpo > step_only; Kendall tau -0.33"
+  )
 
 
 def test_iterations_to_reach_grpos_final_success():
   grpo_train = [0.0, 0.25, 0.5, 0.5, 0.5]  # last 3 mean 0.5; 3-moving average 0, .125, .25, .417, .5 -> iteration 5
   opid_train = [0.5, 0.5, 0.0, 0.5, 0.5]  # moving average 0.5 at iteration 1
-  runs = {"grpo": {s: _seed(0.2, grpo_train) for s in (0, 1)},
-          "opid": {0: _seed(0.3, opid_train, evals_at=(0, 8, 16)), 1: _seed(0.3, opid_train, evals_at=(0, 8, 16))},
-          "step_only": {0: _seed(0.1, [0.0] * 5)}}
+  runs = {
+    "grpo": {s: _seed(0.2, grpo_train) for s in (0, 1)},
+    "opid": {0: _seed(0.3, opid_train, evals_at=(0, 8, 16)), 1: _seed(0.3, opid_train, evals_at=(0, 8, 16))},
+    "step_only": {0: _seed(0.1, [0.0] * 5)},
+  }
   lines = study_report.steps_to_grpo(runs)
   assert lines[0].startswith("GRPO's final success: 20.0% on both splits") and "50.0% in its rollouts" in lines[0]
   assert "| grpo | 16 | 5 |" in lines and "| opid | 8 | 1 |" in lines

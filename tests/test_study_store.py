@@ -39,8 +39,14 @@ def test_record_copies_a_finished_piece_without_checkpoints(tmp_path):
   for piece in ("runs/opid_s0", "sft", "probe_policy.json"):
     study_store.record(str(root), str(store), piece)
   stored = sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file())
-  assert stored == ["probe_policy.json", "runs/opid_s0/eval/iter_000016.json", "runs/opid_s0/metrics.jsonl",
-                    "runs/opid_s0/summary.md", "sft/policy/model.safetensors", "sft/sft_summary.json"]
+  assert stored == [
+    "probe_policy.json",
+    "runs/opid_s0/eval/iter_000016.json",
+    "runs/opid_s0/metrics.jsonl",
+    "runs/opid_s0/summary.md",
+    "sft/policy/model.safetensors",
+    "sft/sft_summary.json",
+  ]
   assert study_store.stored_pieces(str(store)) == ["probe_policy.json", "runs/opid_s0", "sft"]
 
 
@@ -60,6 +66,7 @@ def test_restore_fills_what_the_root_lacks_and_keeps_what_it_has(tmp_path):
   _write(store / "notes.md", "history")
   # the root keeps grpo_s0 (identical, with its checkpoints), lost opid_s0, and has a half-done copy of another
   import shutil
+
   shutil.rmtree(root / "runs" / "opid_s0")
   _finished_run(store, "runs/step_only_s0")
   shutil.rmtree(store / "runs" / "step_only_s0" / "checkpoints")

@@ -3,12 +3,33 @@
 from opid_jax.training.summary import summary_rows, summary_table
 
 ROWS = [
-    {"step": 0, "eval/success": 0.25, "eval/valid_action_ratio": 0.5, "eval/episode_length": 5.0, "time/eval": 10.0},
-    {"step": 1, "success": 0.0, "valid_action_ratio": 0.4, "episode_length": 5.0, "adv/skill_coverage": 1.0,
-     "adv/skill_share": 0.02, "analyzer/final_failures": 1, "analyzer/trajectories": 8, "time/rollout": 3.0},
-    {"step": 2, "success": 0.5, "valid_action_ratio": 0.6, "episode_length": 4.0, "adv/skill_coverage": 0.5,
-     "adv/skill_share": 0.04, "analyzer/final_failures": 0, "analyzer/trajectories": 8, "time/rollout": 2.5,
-     "eval/success": 0.75, "eval/valid_action_ratio": 0.9, "eval/episode_length": 3.0, "time/eval": 9.0},
+  {"step": 0, "eval/success": 0.25, "eval/valid_action_ratio": 0.5, "eval/episode_length": 5.0, "time/eval": 10.0},
+  {
+    "step": 1,
+    "success": 0.0,
+    "valid_action_ratio": 0.4,
+    "episode_length": 5.0,
+    "adv/skill_coverage": 1.0,
+    "adv/skill_share": 0.02,
+    "analyzer/final_failures": 1,
+    "analyzer/trajectories": 8,
+    "time/rollout": 3.0,
+  },
+  {
+    "step": 2,
+    "success": 0.5,
+    "valid_action_ratio": 0.6,
+    "episode_length": 4.0,
+    "adv/skill_coverage": 0.5,
+    "adv/skill_share": 0.04,
+    "analyzer/final_failures": 0,
+    "analyzer/trajectories": 8,
+    "time/rollout": 2.5,
+    "eval/success": 0.75,
+    "eval/valid_action_ratio": 0.9,
+    "eval/episode_length": 3.0,
+    "time/eval": 9.0,
+  },
 ]
 
 

@@ -20,8 +20,10 @@ ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 @pytest.fixture
 def run_train(train_cmd):
   def run(workdir, *overrides, timeout=600):
-    return subprocess.run(train_cmd(workdir, *overrides), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+      train_cmd(workdir, *overrides), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
+
   return run
 
 
@@ -36,12 +38,15 @@ def final_params(workdir, step):
   return {"/".join(map(str, p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@pytest.mark.parametrize("override,needle", [
+@pytest.mark.parametrize(
+  "override,needle",
+  [
     ("--config.opid.routng=step_only", "routng"),
     ("--config.opid.routing=sometimes", "opid.routing='sometimes' is not one of"),
     ("--config.ppo.micro_batch_size=3", "not a multiple of ppo.micro_batch_size=3"),
     ("--config.env.name=minecraft", "env.name='minecraft'"),
-])
+  ],
+)
 def test_config_errors_are_one_line_with_exit_code_2(run_train, tmp_path, override, needle):
   res = run_train(tmp_path / "w", override)
   assert res.returncode == 2, res.stderr[-2000:]
@@ -69,8 +74,9 @@ def test_resume_after_a_kill_continues_exactly(run_train, train_cmd, tmp_path):
     f.write('{"step": 1, "success": 0.5}\n{"step": 2, "success": 0.5}\n')
   # Same command, killed with SIGKILL as soon as iteration 2's checkpoint is complete (if iteration 2's row, with
   # its evaluation, were written only after the checkpoint, the kill would land before it), then started again.
-  proc = subprocess.Popen(train_cmd(resumed, *flags), cwd=ROOT, env=ENV,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    train_cmd(resumed, *flags), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 600
   while not os.path.isdir(os.path.join(resumed, "checkpoints", "2")):
     assert proc.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
@@ -98,9 +104,14 @@ def test_resume_after_a_kill_continues_exactly(run_train, train_cmd, tmp_path):
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(train_cmd, tmp_path):
   workdir = str(tmp_path / "preempted")
-  proc = subprocess.Popen(train_cmd(workdir, "--config.train.steps=50",
-                                    "--config.checkpoint.save_every=1000"),
-                          cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    train_cmd(workdir, "--config.train.steps=50", "--config.checkpoint.save_every=1000"),
+    cwd=ROOT,
+    env=ENV,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   deadline = time.time() + 600
   while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
@@ -120,9 +131,22 @@ def test_evaluate_a_checkpoint_and_a_plain_model(run_train, model_dir, tmp_path)
   res = run_train(workdir, "--config.train.steps=1")
   assert res.returncode == 0, res.stderr[-3000:]
   for wd, iteration in ((workdir, 1), (str(tmp_path / "plain"), None)):
-    res = subprocess.run([sys.executable, "-m", "opid_jax.evaluate", "--config=configs/smoke.py", f"--workdir={wd}",
-                          f"--config.model.path={model_dir}", "--num_tasks=6"], cwd=ROOT, env=ENV,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "opid_jax.evaluate",
+        "--config=configs/smoke.py",
+        f"--workdir={wd}",
+        f"--config.model.path={model_dir}",
+        "--num_tasks=6",
+      ],
+      cwd=ROOT,
+      env=ENV,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.startswith("| task type | episodes | success")
     with open(os.path.join(wd, "eval_valid_unseen.json")) as f:

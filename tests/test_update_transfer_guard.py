@@ -19,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_model
+from update_check import RULES, fixed_samples
 
 from opid_jax.model.sharding import use_rules
 from opid_jax.parallel import mesh as mesh_lib
-from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import minibatch_step, update
-from tiny_models import tiny_model
-from update_check import RULES, fixed_samples
+from opid_jax.rl import batch as batch_lib, minibatch_step, update
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CFG = update.LossConfig(kl_coef=0.01, entropy_coef=0.001, dual_clip=3.0, chunk_size=8)
@@ -50,12 +49,14 @@ def optimizer_steps_under_guard(mesh_sizes: dict, bucketed: bool) -> int:
   samples = fixed_samples(n=2 * layout.micro_batch_size)
   if bucketed:
     samples[0].prompt_ids = list(range(1, 30))
-    micros = batch_lib.length_sorted_micro_batches(samples, micro_batch_size=layout.micro_batch_size,
-                                                   with_ref=True, **BUCKETS)
+    micros = batch_lib.length_sorted_micro_batches(
+      samples, micro_batch_size=layout.micro_batch_size, with_ref=True, **BUCKETS
+    )
     assert len({m["prompt_ids"].shape for m in micros}) == 2
   with use_rules(mesh, RULES):
-    step = functools.partial(minibatch_step.optimizer_step, part=samples, layout=layout, graphdef=graphdef, tx=tx,
-                             cfg=CFG, with_ref=True)
+    step = functools.partial(
+      minibatch_step.optimizer_step, part=samples, layout=layout, graphdef=graphdef, tx=tx, cfg=CFG, with_ref=True
+    )
     state, _ = step(state)  # compiles
     with jax.transfer_guard("disallow"):
       state, metrics = step(state)
@@ -100,8 +101,13 @@ def test_sharded_steps_make_no_implicit_transfer():
       assert t.optimizer_steps_under_guard(sizes, False) == 2 and t.optimizer_steps_under_guard(sizes, True) == 2
       print("OK")
       """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]))
-  res = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(HERE), env=env, capture_output=True,
-                       text=True, timeout=600)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+    PYTHONPATH=os.pathsep.join([HERE, os.path.dirname(HERE)]),
+  )
+  res = subprocess.run(
+    [sys.executable, "-c", script], cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True, timeout=600
+  )
   assert res.returncode == 0 and res.stdout.strip().endswith("OK"), res.stderr[-3000:]

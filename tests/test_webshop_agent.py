@@ -6,9 +6,8 @@ import functools
 import pytest
 
 from opid_jax.agent import prompts, rollout
-from opid_jax.envs.webshop import env as webshop
-from opid_jax.envs.webshop import catalogue as webshop_catalogue
 from opid_jax.envs.pool import EnvPool
+from opid_jax.envs.webshop import catalogue as webshop_catalogue, env as webshop
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +18,9 @@ def catalogue(tmp_path_factory):
 
 
 def test_prompt_structure():
-  text = prompts.render_webshop_prompt("find a red mug under 20 dollars", "WebShop [SEP] Search",
-                                       ["search[<your query>]"], [], 2)
+  text = prompts.render_webshop_prompt(
+    "find a red mug under 20 dollars", "WebShop [SEP] Search", ["search[<your query>]"], [], 2
+  )
   lines = text.splitlines()
   assert lines[1] == "Your task is to: find a red mug under 20 dollars"
   assert lines[-1].startswith("Now it's your turn") and "'search[<your query>]'" in text
@@ -46,8 +46,10 @@ def test_scripted_expert_buys_through_rollout(catalogue, chatml_tokenizer):
   def policy(prompt_ids):
     action = plan[min(step[0], len(plan) - 1)]
     step[0] += 1
-    return [(tok(f"<think>follow the plan</think><action>{action}</action>", add_special_tokens=False)["input_ids"],
-             [0.0]) for _ in prompt_ids]
+    return [
+      (tok(f"<think>follow the plan</think><action>{action}</action>", add_special_tokens=False)["input_ids"], [0.0])
+      for _ in prompt_ids
+    ]
 
   with EnvPool(factory, num_envs=1, num_workers=1) as pool:
     [traj] = rollout.run_groups(pool, policy, tok, ["520"], 1, rollout.webshop_agent(2, 15), None)

@@ -30,13 +30,19 @@ def _require_path(path: str, what: str, hint: str) -> str:
 
 def _counting(env_cfg, rollout_cfg) -> EnvSetup:
   from opid_jax.envs import counting
+
   tasks = counting.task_ids(64)
-  return EnvSetup(functools.partial(counting.CountingEnv, max_steps=rollout_cfg.max_steps), tasks[:48], tasks[48:],
-                  rollout.alfworld_agent(rollout_cfg.history_window, rollout_cfg.max_steps))
+  return EnvSetup(
+    functools.partial(counting.CountingEnv, max_steps=rollout_cfg.max_steps),
+    tasks[:48],
+    tasks[48:],
+    rollout.alfworld_agent(rollout_cfg.history_window, rollout_cfg.max_steps),
+  )
 
 
 def _alfworld(env_cfg, rollout_cfg) -> EnvSetup:
   from opid_jax.envs import alfworld
+
   _require_path(env_cfg.data_dir, "ALFWorld data", "run `make data` or `alfworld-download`, then set env.data_dir")
   try:
     train = alfworld.list_games(env_cfg.data_dir, env_cfg.train_split)
@@ -49,27 +55,46 @@ def _alfworld(env_cfg, rollout_cfg) -> EnvSetup:
 
 def _search_qa(env_cfg, rollout_cfg) -> EnvSetup:
   from opid_jax.envs import search_qa
+
   train_path = _require_path(env_cfg.train_questions, "training questions", "set env.train_questions")
   eval_path = _require_path(env_cfg.eval_questions, "evaluation questions", "set env.eval_questions")
-  factory = functools.partial(search_qa.SearchQAEnv, questions_path=train_path, retriever_url=env_cfg.retriever_url,
-                              topk=env_cfg.topk, max_turns=rollout_cfg.max_steps)
-  eval_factory = functools.partial(search_qa.SearchQAEnv, questions_path=eval_path,
-                                   retriever_url=env_cfg.retriever_url, topk=env_cfg.topk,
-                                   max_turns=rollout_cfg.max_steps)
-  return EnvSetup(factory, search_qa.list_questions(train_path), search_qa.list_questions(eval_path),
-                  rollout.search_agent(rollout_cfg.history_window, rollout_cfg.max_steps), eval_factory)
+  factory = functools.partial(
+    search_qa.SearchQAEnv,
+    questions_path=train_path,
+    retriever_url=env_cfg.retriever_url,
+    topk=env_cfg.topk,
+    max_turns=rollout_cfg.max_steps,
+  )
+  eval_factory = functools.partial(
+    search_qa.SearchQAEnv,
+    questions_path=eval_path,
+    retriever_url=env_cfg.retriever_url,
+    topk=env_cfg.topk,
+    max_turns=rollout_cfg.max_steps,
+  )
+  return EnvSetup(
+    factory,
+    search_qa.list_questions(train_path),
+    search_qa.list_questions(eval_path),
+    rollout.search_agent(rollout_cfg.history_window, rollout_cfg.max_steps),
+    eval_factory,
+  )
 
 
 def _webshop(env_cfg, rollout_cfg) -> EnvSetup:
-  from opid_jax.envs.webshop import env as webshop
-  from opid_jax.envs.webshop import world as webshop_world
+  from opid_jax.envs.webshop import env as webshop, world as webshop_world
+
   try:
     world = webshop_world.load_world(env_cfg.data_dir)
   except FileNotFoundError as e:
     raise UserError(str(e).splitlines()[0]) from None
   factory = functools.partial(webshop.WebShopEnv, data_dir=env_cfg.data_dir, max_steps=rollout_cfg.max_steps)
-  return EnvSetup(factory, world.task_ids("train"), world.task_ids("test"),
-                  rollout.webshop_agent(rollout_cfg.history_window, rollout_cfg.max_steps))
+  return EnvSetup(
+    factory,
+    world.task_ids("train"),
+    world.task_ids("test"),
+    rollout.webshop_agent(rollout_cfg.history_window, rollout_cfg.max_steps),
+  )
 
 
 _BUILDERS = {"counting": _counting, "alfworld": _alfworld, "search_qa": _search_qa, "webshop": _webshop}

@@ -48,7 +48,7 @@ def _best_effort_action(lowered: str) -> str:
   `<action>`, else the last non-empty line, tags removed."""
   start = lowered.find("<action>")
   if start != -1:
-    candidate = _strip_tags(lowered[start + len("<action>"):].split("\n")[0])
+    candidate = _strip_tags(lowered[start + len("<action>") :].split("\n")[0])
     if candidate:
       return candidate[:_BEST_EFFORT_CHARS]
   return _strip_tags(_last_nonempty_line(lowered))[:_BEST_EFFORT_CHARS]
@@ -70,7 +70,7 @@ def parse_text_action(response_text: str) -> ParsedAction:
   end = lowered.find("</action>", start + 1) if start != -1 else -1
   if start == -1 or end == -1:
     return ParsedAction(_best_effort_action(lowered), False, "missing <action></action> block")
-  inner = lowered[start + len("<action>"):end]
+  inner = lowered[start + len("<action>") : end]
   if _ANY_TAG.search(inner):
     return ParsedAction(_strip_tags(inner), False, "tags nested inside the action block")
   action = inner.strip()

@@ -39,8 +39,9 @@ def format_history(history: Sequence[HistoryEntry], history_length: int) -> str:
   """The last `history_length` entries, numbered by their absolute (1-based) step."""
   first = max(0, len(history) - history_length)
   return "\n".join(
-      f"[Observation {n}: '{entry.observation}', Action {n}: '{entry.action}']"
-      for n, entry in enumerate(history[first:], start=first + 1))
+    f"[Observation {n}: '{entry.observation}', Action {n}: '{entry.action}']"
+    for n, entry in enumerate(history[first:], start=first + 1)
+  )
 
 
 def _progress_lines(history: Sequence[HistoryEntry], history_length: int, what: str) -> list[str]:
@@ -49,70 +50,103 @@ def _progress_lines(history: Sequence[HistoryEntry], history_length: int, what: 
     return ["You have taken 0 steps so far."]
   shown = min(steps_taken, history_length)
   return [
-      f"You have taken {steps_taken} step(s) so far. Your last {shown} {what}:",
-      format_history(history, history_length),
+    f"You have taken {steps_taken} step(s) so far. Your last {shown} {what}:",
+    format_history(history, history_length),
   ]
 
 
-def _admissible_action_prompt(role: str, instruction: str, task: str, observation: str,
-                              admissible_actions: Sequence[str], history: Sequence[HistoryEntry],
-                              history_length: int) -> str:
+def _admissible_action_prompt(
+  role: str,
+  instruction: str,
+  task: str,
+  observation: str,
+  admissible_actions: Sequence[str],
+  history: Sequence[HistoryEntry],
+  history_length: int,
+) -> str:
   """The layout shared by envs with a list of admissible actions (ALFWorld, WebShop)."""
   lines = [
-      role,
-      f"{TASK_ANCHOR}{task}",
-      *_progress_lines(history, history_length, "observations and the actions you took"),
-      f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
-      f"The admissible actions in this situation are: {format_action_list(admissible_actions)}",
-      "",
-      f"{TURN_ANCHOR} to act: {instruction}",
+    role,
+    f"{TASK_ANCHOR}{task}",
+    *_progress_lines(history, history_length, "observations and the actions you took"),
+    f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
+    f"The admissible actions in this situation are: {format_action_list(admissible_actions)}",
+    "",
+    f"{TURN_ANCHOR} to act: {instruction}",
   ]
   return "\n".join(lines)
 
 
-def render_alfworld_prompt(task: str, observation: str, admissible_actions: Sequence[str],
-                           history: Sequence[HistoryEntry], history_length: int = 5) -> str:
+def render_alfworld_prompt(
+  task: str,
+  observation: str,
+  admissible_actions: Sequence[str],
+  history: Sequence[HistoryEntry],
+  history_length: int = 5,
+) -> str:
   """The ALFWorld step prompt; `history` holds every earlier step of the episode."""
   return _admissible_action_prompt(
-      "You are an expert household agent acting in the ALFRED text world.",
-      "first reason step by step about the situation inside <think> </think> tags, then pick exactly one "
-      "admissible action and write it inside <action> </action> tags.",
-      task, observation, admissible_actions, history, history_length)
+    "You are an expert household agent acting in the ALFRED text world.",
+    "first reason step by step about the situation inside <think> </think> tags, then pick exactly one "
+    "admissible action and write it inside <action> </action> tags.",
+    task,
+    observation,
+    admissible_actions,
+    history,
+    history_length,
+  )
 
 
-def render_webshop_prompt(task: str, observation: str, admissible_actions: Sequence[str],
-                          history: Sequence[HistoryEntry], history_length: int = 2) -> str:
+def render_webshop_prompt(
+  task: str,
+  observation: str,
+  admissible_actions: Sequence[str],
+  history: Sequence[HistoryEntry],
+  history_length: int = 2,
+) -> str:
   """The WebShop step prompt: `task` is the shopping instruction; actions are search[...] / click[...]."""
   return _admissible_action_prompt(
-      "You are an expert autonomous agent shopping on a web store for a customer.",
-      "first reason step by step about which product and options match the instruction inside "
-      "<think> </think> tags, then write exactly one admissible action, such as search[query] or "
-      "click[button], inside <action> </action> tags.",
-      task, observation, admissible_actions, history, history_length)
+    "You are an expert autonomous agent shopping on a web store for a customer.",
+    "first reason step by step about which product and options match the instruction inside "
+    "<think> </think> tags, then write exactly one admissible action, such as search[query] or "
+    "click[button], inside <action> </action> tags.",
+    task,
+    observation,
+    admissible_actions,
+    history,
+    history_length,
+  )
 
 
 SEARCH_ACTIONS = ("<search> query </search>", "<answer> final answer </answer>")
 
 
-def render_search_prompt(task: str, observation: str, admissible_actions: Sequence[str],
-                         history: Sequence[HistoryEntry], history_length: int = 4) -> str:
+def render_search_prompt(
+  task: str,
+  observation: str,
+  admissible_actions: Sequence[str],
+  history: Sequence[HistoryEntry],
+  history_length: int = 4,
+) -> str:
   """The Search-QA step prompt; `task` is the question. The action space is free text, so the
   list shows the two action forms (`admissible_actions` is ignored)."""
   del admissible_actions
   lines = [
-      "You are an expert agent who answers questions step by step, searching the web when "
-      "knowledge is missing.",
-      f"{QUESTION_ANCHOR}{task}",
-      *_progress_lines(history, history_length, "observations and the actions you took "
-                       "(search results are wrapped in <information> </information>)"),
-      f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
-      f"The actions available to you are: {format_action_list(SEARCH_ACTIONS)}",
-      "",
-      f"{TURN_ANCHOR} to respond: first reason inside <think> </think> tags, then do exactly one of "
-      "two things: if some knowledge is missing or uncertain, write a query inside "
-      "<search> </search> tags and the top results will come back inside "
-      "<information> </information>; if you are confident, give a short final answer inside "
-      "<answer> </answer> tags.",
+    "You are an expert agent who answers questions step by step, searching the web when knowledge is missing.",
+    f"{QUESTION_ANCHOR}{task}",
+    *_progress_lines(
+      history,
+      history_length,
+      "observations and the actions you took (search results are wrapped in <information> </information>)",
+    ),
+    f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
+    f"The actions available to you are: {format_action_list(SEARCH_ACTIONS)}",
+    "",
+    f"{TURN_ANCHOR} to respond: first reason inside <think> </think> tags, then do exactly one of "
+    "two things: if some knowledge is missing or uncertain, write a query inside "
+    "<search> </search> tags and the top results will come back inside "
+    "<information> </information>; if you are confident, give a short final answer inside "
+    "<answer> </answer> tags.",
   ]
   return "\n".join(lines)
 
@@ -122,11 +156,13 @@ def to_chat_text(tokenizer: Any, user_text: str, enable_thinking: bool = False) 
   `enable_thinking` is read by Qwen3 templates and ignored by others."""
   messages = [{"role": "user", "content": user_text}]
   return tokenizer.apply_chat_template(
-      messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking)
+    messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+  )
 
 
-def tokenize_prompt(tokenizer: Any, chat_text: str, max_tokens: int | None = None, side: str = "left",
-                    what: str = "prompt") -> list[int]:
+def tokenize_prompt(
+  tokenizer: Any, chat_text: str, max_tokens: int | None = None, side: str = "left", what: str = "prompt"
+) -> list[int]:
   """Token ids of a chat-templated prompt, held to `max_tokens` by `prompt_length.fit`: cut from the left
   (the published setups do, so that the current observation and the instruction survive) or refused ("error")."""
   ids = tokenizer(chat_text, add_special_tokens=False)["input_ids"]

@@ -25,6 +25,7 @@ Policy = Callable[[list[list[int]]], list[tuple[list[int], list[float]]]]
 @dataclasses.dataclass(frozen=True)
 class AgentSpec:
   """How the agent talks to one kind of env."""
+
   render: Callable[..., str]  # (task, observation, admissible_actions, history, history_length)
   parse: Callable[[str], parsing.ParsedAction]
   history_length: int
@@ -32,23 +33,21 @@ class AgentSpec:
 
 
 def alfworld_agent(history_length: int = 5, max_steps: int = 30) -> AgentSpec:
-  return AgentSpec(prompts.render_alfworld_prompt, parsing.parse_text_action, history_length,
-                   max_steps)
+  return AgentSpec(prompts.render_alfworld_prompt, parsing.parse_text_action, history_length, max_steps)
 
 
 def webshop_agent(history_length: int = 2, max_steps: int = 15) -> AgentSpec:
-  return AgentSpec(prompts.render_webshop_prompt, parsing.parse_text_action, history_length,
-                   max_steps)
+  return AgentSpec(prompts.render_webshop_prompt, parsing.parse_text_action, history_length, max_steps)
 
 
 def search_agent(history_length: int = 4, max_steps: int = 4) -> AgentSpec:
-  return AgentSpec(prompts.render_search_prompt, parsing.parse_search_response, history_length,
-                   max_steps)
+  return AgentSpec(prompts.render_search_prompt, parsing.parse_search_response, history_length, max_steps)
 
 
 @dataclasses.dataclass
 class _Episode:
   """Host-side state of one running episode."""
+
   env_index: int
   trajectory: Trajectory
   observation: str = ""
@@ -57,8 +56,9 @@ class _Episode:
   running: bool = True
 
 
-def group_tasks(task_ids: Sequence[str], group_size: int, first_group_id: int = 0,
-                first_traj_id: int = 0) -> list[tuple[int, int, str]]:
+def group_tasks(
+  task_ids: Sequence[str], group_size: int, first_group_id: int = 0, first_traj_id: int = 0
+) -> list[tuple[int, int, str]]:
   """`(group_id, traj_id, task_id)` for every episode: each task repeated `group_size` times."""
   episodes = []
   for g, task_id in enumerate(task_ids):
@@ -67,35 +67,68 @@ def group_tasks(task_ids: Sequence[str], group_size: int, first_group_id: int = 
   return episodes
 
 
-def run_groups(pool: EnvPool, policy: Policy, tokenizer: Any, task_ids: Sequence[str],
-               group_size: int, agent: AgentSpec, max_prompt_tokens: int | None = 2048,
-               enable_thinking: bool = False, first_group_id: int = 0,
-               first_traj_id: int = 0, truncation_side: str = "left") -> list[Trajectory]:
+def run_groups(
+  pool: EnvPool,
+  policy: Policy,
+  tokenizer: Any,
+  task_ids: Sequence[str],
+  group_size: int,
+  agent: AgentSpec,
+  max_prompt_tokens: int | None = 2048,
+  enable_thinking: bool = False,
+  first_group_id: int = 0,
+  first_traj_id: int = 0,
+  truncation_side: str = "left",
+) -> list[Trajectory]:
   """Plays `group_size` episodes of each task to the end; trajectories come back in
   `(group, member)` order. Episodes run in waves of at most `pool.num_envs`."""
   episodes = group_tasks(task_ids, group_size, first_group_id, first_traj_id)
   trajectories = []
   for start in range(0, len(episodes), pool.num_envs):
-    trajectories.extend(_run_wave(pool, policy, tokenizer, episodes[start:start + pool.num_envs],
-                                  agent, max_prompt_tokens, truncation_side, enable_thinking))
+    trajectories.extend(
+      _run_wave(
+        pool,
+        policy,
+        tokenizer,
+        episodes[start : start + pool.num_envs],
+        agent,
+        max_prompt_tokens,
+        truncation_side,
+        enable_thinking,
+      )
+    )
   return trajectories
 
 
-def _run_wave(pool: EnvPool, policy: Policy, tokenizer: Any,
-              wave: Sequence[tuple[int, int, str]], agent: AgentSpec,
-              max_prompt_tokens: int | None, truncation_side: str, enable_thinking: bool) -> list[Trajectory]:
+def _run_wave(
+  pool: EnvPool,
+  policy: Policy,
+  tokenizer: Any,
+  wave: Sequence[tuple[int, int, str]],
+  agent: AgentSpec,
+  max_prompt_tokens: int | None,
+  truncation_side: str,
+  enable_thinking: bool,
+) -> list[Trajectory]:
   resets = pool.reset([(env_index, task_id) for env_index, (_, _, task_id) in enumerate(wave)])
   hindsights = pool.hindsight(list(range(len(wave))))
   episodes = []
-  for env_index, ((group_id, traj_id, task_id), reset, hindsight) in enumerate(
-      zip(wave, resets, hindsights)):
-    trajectory = Trajectory(group_id=group_id, traj_id=traj_id, task_id=task_id, task=reset.task,
-                            task_type=reset.task_type, hindsight=hindsight,
-                            failure_reason=failure_of(reset),
-                            info={"truncated": False,
-                                  "format_problems": {}})
-    episodes.append(_Episode(env_index, trajectory, reset.observation,
-                             list(reset.admissible_actions), running=not trajectory.failure_reason))
+  for env_index, ((group_id, traj_id, task_id), reset, hindsight) in enumerate(zip(wave, resets, hindsights)):
+    trajectory = Trajectory(
+      group_id=group_id,
+      traj_id=traj_id,
+      task_id=task_id,
+      task=reset.task,
+      task_type=reset.task_type,
+      hindsight=hindsight,
+      failure_reason=failure_of(reset),
+      info={"truncated": False, "format_problems": {}},
+    )
+    episodes.append(
+      _Episode(
+        env_index, trajectory, reset.observation, list(reset.admissible_actions), running=not trajectory.failure_reason
+      )
+    )
   while True:
     running = [e for e in episodes if e.running]
     if not running:
@@ -104,13 +137,22 @@ def _run_wave(pool: EnvPool, policy: Policy, tokenizer: Any,
   return [e.trajectory for e in episodes]
 
 
-def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Episode], agent: AgentSpec,
-               max_prompt_tokens: int | None, truncation_side: str, enable_thinking: bool) -> None:
-  user_texts = [agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history,
-                             agent.history_length) for e in running]
+def _play_turn(
+  pool: EnvPool,
+  policy: Policy,
+  tokenizer: Any,
+  running: list[_Episode],
+  agent: AgentSpec,
+  max_prompt_tokens: int | None,
+  truncation_side: str,
+  enable_thinking: bool,
+) -> None:
+  user_texts = [
+    agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history, agent.history_length)
+    for e in running
+  ]
   prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) for text in user_texts]
-  prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens, truncation_side)
-                for text in prompt_texts]
+  prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens, truncation_side) for text in prompt_texts]
   samples = policy(prompt_ids)
   if len(samples) != len(running):
     raise ValueError(f"policy returned {len(samples)} responses for {len(running)} prompts")
@@ -118,23 +160,51 @@ def _play_turn(pool: EnvPool, policy: Policy, tokenizer: Any, running: list[_Epi
   parsed = [agent.parse(text) for text in response_texts]
   results = pool.step([(e.env_index, p.action) for e, p in zip(running, parsed)])
   for i, episode in enumerate(running):
-    _record_step(episode, user_texts[i], prompt_texts[i], prompt_ids[i], samples[i], response_texts[i], parsed[i],
-                 results[i], agent.max_steps)
+    _record_step(
+      episode,
+      user_texts[i],
+      prompt_texts[i],
+      prompt_ids[i],
+      samples[i],
+      response_texts[i],
+      parsed[i],
+      results[i],
+      agent.max_steps,
+    )
 
 
-def _record_step(episode: _Episode, user_text: str, prompt_text: str, prompt_ids: list[int],
-                 sample: tuple[list[int], list[float]], response_text: str,
-                 parsed: parsing.ParsedAction, result: StepResult, max_steps: int) -> None:
+def _record_step(
+  episode: _Episode,
+  user_text: str,
+  prompt_text: str,
+  prompt_ids: list[int],
+  sample: tuple[list[int], list[float]],
+  response_text: str,
+  parsed: parsing.ParsedAction,
+  result: StepResult,
+  max_steps: int,
+) -> None:
   trajectory = episode.trajectory
   at_cap = trajectory.length + 1 >= max_steps
   done = result.done or at_cap
   response_ids, logprobs = sample
-  trajectory.steps.append(Step(
-      index=trajectory.length, observation=episode.observation,
-      admissible_actions=episode.admissible_actions, prompt_text=prompt_text,
-      prompt_ids=prompt_ids, response_ids=list(response_ids), response_text=response_text,
-      action=parsed.action, valid=parsed.valid, reward=float(result.reward), done=done,
-      sampled_logprobs=list(logprobs), user_prompt_text=user_text))
+  trajectory.steps.append(
+    Step(
+      index=trajectory.length,
+      observation=episode.observation,
+      admissible_actions=episode.admissible_actions,
+      prompt_text=prompt_text,
+      prompt_ids=prompt_ids,
+      response_ids=list(response_ids),
+      response_text=response_text,
+      action=parsed.action,
+      valid=parsed.valid,
+      reward=float(result.reward),
+      done=done,
+      sampled_logprobs=list(logprobs),
+      user_prompt_text=user_text,
+    )
+  )
   trajectory.episode_return += float(result.reward)
   if parsed.problem:
     trajectory.info["format_problems"][trajectory.length - 1] = parsed.problem

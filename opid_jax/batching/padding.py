@@ -16,8 +16,9 @@ def bucket_for(n: int, buckets: Sequence[int], what: str) -> int:
   for b in sorted(buckets):
     if n <= b:
       return b
-  raise UserError(f"{what} of {n} exceeds the largest bucket ({max(buckets)}); "
-                  f"raise the buckets or enable left truncation")
+  raise UserError(
+    f"{what} of {n} exceeds the largest bucket ({max(buckets)}); raise the buckets or enable left truncation"
+  )
 
 
 def pad_left(seqs: Sequence[Sequence[int]], length: int, rows: int, pad_id: int):
@@ -26,8 +27,8 @@ def pad_left(seqs: Sequence[Sequence[int]], length: int, rows: int, pad_id: int)
   mask = np.zeros((rows, length), bool)
   for i, s in enumerate(seqs):
     if len(s):
-      ids[i, length - len(s):] = s
-      mask[i, length - len(s):] = True
+      ids[i, length - len(s) :] = s
+      mask[i, length - len(s) :] = True
   return ids, mask
 
 
@@ -35,8 +36,8 @@ def pad_right(seqs: Sequence[Sequence[int]], length: int, rows: int, pad_id: int
   ids = np.full((rows, length), pad_id, np.int32)
   mask = np.zeros((rows, length), bool)
   for i, s in enumerate(seqs):
-    ids[i, :len(s)] = s
-    mask[i, :len(s)] = True
+    ids[i, : len(s)] = s
+    mask[i, : len(s)] = True
   return ids, mask
 
 

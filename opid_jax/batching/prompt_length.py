@@ -23,18 +23,21 @@ class PromptTooLong(UserError):
 @dataclasses.dataclass(frozen=True)
 class Knobs:
   """How the refusal names what a user can change: `{limit}={max_tokens}`, then `remedy`."""
+
   limit: str
   remedy: str
 
 
-CONFIG = Knobs("rollout.max_prompt_tokens",
-               "raise it, or set rollout.truncation_side='left' to cut long prompts from the left")
+CONFIG = Knobs(
+  "rollout.max_prompt_tokens", "raise it, or set rollout.truncation_side='left' to cut long prompts from the left"
+)
 CLI = Knobs("--max_prompt_tokens", "raise it, or pass --truncate_left to cut long prompts from the left")
 SERVER = Knobs("this server's --max_prompt_tokens", "shorten the messages")
 
 
-def fit(ids: Sequence[int], max_tokens: int | None, side: str, knobs: Knobs = CONFIG,
-        what: str = "prompt") -> list[int]:
+def fit(
+  ids: Sequence[int], max_tokens: int | None, side: str, knobs: Knobs = CONFIG, what: str = "prompt"
+) -> list[int]:
   """`ids` as the model may read them: unchanged when within `max_tokens` (None: no limit), else its last
   `max_tokens` ids ("left") or a PromptTooLong naming the length, the limit and the knobs ("error")."""
   if side not in SIDES:
@@ -49,6 +52,7 @@ def fit(ids: Sequence[int], max_tokens: int | None, side: str, knobs: Knobs = CO
   raise PromptTooLong(f"a {what} of {len(ids)} tokens exceeds {knobs.limit}={max_tokens}; {knobs.remedy}")
 
 
-def fit_all(seqs: Sequence[Sequence[int]], max_tokens: int | None, side: str, knobs: Knobs = CONFIG,
-            what: str = "prompt") -> list[list[int]]:
+def fit_all(
+  seqs: Sequence[Sequence[int]], max_tokens: int | None, side: str, knobs: Knobs = CONFIG, what: str = "prompt"
+) -> list[list[int]]:
   return [fit(s, max_tokens, side, knobs, what) for s in seqs]

@@ -12,8 +12,8 @@ atomic rename, it writes `<step>/commit_success.txt` last instead), so an interr
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import signal
 import threading
 from typing import Any
@@ -41,13 +41,15 @@ class Checkpointer:
     self._directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        # Orbax's preemption policy only fires under jax.distributed's preemption service (TPU pods).
-        save_decision_policy=policies.AnySavePolicy(
-            [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]),
-        preservation_policy=policies.LatestN(keep),
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
-        create=True)
+      # Orbax's preemption policy only fires under jax.distributed's preemption service (TPU pods).
+      save_decision_policy=policies.AnySavePolicy(
+        [policies.FixedIntervalPolicy(save_every), policies.PreemptionCheckpointingPolicy()]
+      ),
+      preservation_policy=policies.LatestN(keep),
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+      create=True,
+    )
     try:
       self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(_STATE, _HOST))
     except OSError as e:
@@ -89,8 +91,7 @@ class Checkpointer:
         raise UserError(f"no complete checkpoint in {self._directory}")
     elif step not in self.all_steps():
       raise UserError(f"no complete checkpoint for step {step} in {self._directory}")
-    args = ocp.args.Composite(**{
-        _STATE: ocp.args.StandardRestore(abstract_train_state), _HOST: ocp.args.JsonRestore()})
+    args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_train_state), _HOST: ocp.args.JsonRestore()})
     try:
       restored = self._manager.restore(step, args=args)
     except ValueError as e:
@@ -104,10 +105,10 @@ class Checkpointer:
     this works on any topology."""
     if step not in self.all_steps():
       raise UserError(f"no complete checkpoint for step {step} in {self._directory}")
-    target = {"params": jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
+    target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)}
+    args = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
     try:
       with ocp.PyTreeCheckpointer() as reader:
         restored = reader.restore(self._directory / str(step) / _STATE, args=args)

@@ -11,6 +11,7 @@ from opid_jax.errors import UserError
 
 def write_config(config, workdir: str) -> None:
   from etils import epath
+
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
@@ -19,6 +20,7 @@ def write_config(config, workdir: str) -> None:
 def load_run_config(workdir: str):
   import ml_collections
   from etils import epath
+
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"{path} not found: is {workdir} a training run directory?")
@@ -32,6 +34,7 @@ def restore_latest_params(workdir: str, params, checkpoint_dir: str | None = Non
   the optimizer state is skipped, so a run trained on a pod evaluates and exports on one host.
   """
   from opid_jax.checkpoint.checkpointer import Checkpointer
+
   checkpointer = Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"))
   try:
     latest = checkpointer.latest_step()

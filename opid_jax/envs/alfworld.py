@@ -19,12 +19,12 @@ from typing import Any
 from opid_jax.envs.base import Env, Hindsight, ResetResult, StepResult
 
 TASK_TYPES = (
-    "pick_and_place_simple",
-    "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep",
-    "pick_cool_then_place_in_recep",
-    "pick_two_obj_and_place",
+  "pick_and_place_simple",
+  "look_at_obj_in_light",
+  "pick_clean_then_place_in_recep",
+  "pick_heat_then_place_in_recep",
+  "pick_cool_then_place_in_recep",
+  "pick_two_obj_and_place",
 )
 SPLITS = ("train", "valid_seen", "valid_unseen", "valid_train")
 GAME_FILE = "game.tw-pddl"
@@ -45,8 +45,9 @@ def task_type_of(task_id: str) -> str:
   return parts[-3].split("-")[0]
 
 
-def list_games(data_dir: str, split: str, task_types: tuple[str, ...] = TASK_TYPES,
-               require_solvable: bool = False) -> list[str]:
+def list_games(
+  data_dir: str, split: str, task_types: tuple[str, ...] = TASK_TYPES, require_solvable: bool = False
+) -> list[str]:
   """Task ids of a split: sorted and free of duplicates, so evaluation lists are fixed.
 
   `require_solvable` also drops games whose file says `"solvable": false` (none in json_2.1.1; it
@@ -84,7 +85,7 @@ def task_from_intro(intro: str) -> str:
   start = intro.find(_TASK_PREFIX)
   if start == -1:
     return ""
-  return intro[start + len(_TASK_PREFIX):].strip()
+  return intro[start + len(_TASK_PREFIX) :].strip()
 
 
 def _memoize_pddl_translation(max_games: int = 64) -> None:
@@ -96,6 +97,7 @@ def _memoize_pddl_translation(max_games: int = 64) -> None:
   group (same game) and repeated resets then pay for it once.
   """
   import fast_downward
+
   if getattr(fast_downward.pddl2sas, "is_memoized", False):
     return
   original = fast_downward.pddl2sas
@@ -121,6 +123,7 @@ def _memoize_grammar_parsing(max_templates: int = 50_000) -> None:
   are unchanged (same observations and command lists), steps take about half the time.
   """
   from textworld.envs.pddl import textgen
+
   if getattr(textgen._parse_and_convert, "is_memoized", False):
     return
   parse = functools.lru_cache(maxsize=max_templates)(textgen._parse_and_convert)
@@ -135,8 +138,9 @@ def _memoize_grammar_parsing(max_templates: int = 50_000) -> None:
 def _start_textworld_env(memoize: bool) -> Any:
   # Imported here so that listing games and building prompts never needs textworld.
   import textworld
-  from textworld.envs.pddl import PddlEnv
   from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
+  from textworld.envs.pddl import PddlEnv
+
   if memoize:
     _memoize_pddl_translation()
     _memoize_grammar_parsing()
@@ -148,8 +152,14 @@ class AlfworldEnv(Env):
   """One ALFWorld game at a time; reward `win_reward` on the winning step, episode ends on a win
   or after `max_steps` steps."""
 
-  def __init__(self, data_dir: str, max_steps: int = 30, win_reward: float = 10.0,
-               hide_help: bool = True, memoize_textworld: bool = True):
+  def __init__(
+    self,
+    data_dir: str,
+    max_steps: int = 30,
+    win_reward: float = 10.0,
+    hide_help: bool = True,
+    memoize_textworld: bool = True,
+  ):
     self.data_dir = data_dir
     self.max_steps = max_steps
     self.win_reward = win_reward
@@ -181,11 +191,11 @@ class AlfworldEnv(Env):
     self._done = False
     observation = clean_observation(state.feedback)
     return ResetResult(
-        observation=observation,
-        task=task_from_intro(observation),
-        task_type=task_type_of(task_id),
-        admissible_actions=self._admissible(state),
-        info={"task_id": task_id},
+      observation=observation,
+      task=task_from_intro(observation),
+      task_type=task_type_of(task_id),
+      admissible_actions=self._admissible(state),
+      info={"task_id": task_id},
     )
 
   def step(self, action: str) -> StepResult:
@@ -197,12 +207,12 @@ class AlfworldEnv(Env):
     truncated = not won and self._steps >= self.max_steps
     self._done = won or truncated
     return StepResult(
-        observation=clean_observation(state.feedback),
-        reward=self.win_reward if won else 0.0,
-        done=self._done,
-        won=won,
-        admissible_actions=self._admissible(state),
-        info={"truncated": truncated, "steps": self._steps},
+      observation=clean_observation(state.feedback),
+      reward=self.win_reward if won else 0.0,
+      done=self._done,
+      won=won,
+      admissible_actions=self._admissible(state),
+      info={"truncated": truncated, "steps": self._steps},
     )
 
   def hindsight(self) -> Hindsight:

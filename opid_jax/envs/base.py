@@ -35,6 +35,7 @@ class StepResult:
 @dataclasses.dataclass(frozen=True)
 class Hindsight:
   """Privileged knowledge about a task, for hindsight analyzers only (never for the policy)."""
+
   expert_actions: tuple[str, ...] = ()  # a walkthrough that solves the task, where one exists
   gold_answers: tuple[str, ...] = ()  # accepted answers, where the task is a question
   notes: str = ""

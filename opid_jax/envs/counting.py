@@ -22,7 +22,6 @@ def _task(task_id: str) -> tuple[int, int]:
 
 
 class CountingEnv(Env):
-
   def __init__(self, max_steps: int = 6):
     self.max_steps = max_steps
     self._current = self._target = self._start = self._steps = 0
@@ -37,8 +36,12 @@ class CountingEnv(Env):
     self._start, self._target = _task(task_id)
     self._current, self._steps = self._start, 0
     task = f"count from {self._start} up to {self._target}, one number per step."
-    return ResetResult(observation=f"Your task is to: {task} {self._observation()}", task=task,
-                       task_type=f"distance_{self._target - self._start}", admissible_actions=self._actions())
+    return ResetResult(
+      observation=f"Your task is to: {task} {self._observation()}",
+      task=task,
+      task_type=f"distance_{self._target - self._start}",
+      admissible_actions=self._actions(),
+    )
 
   def step(self, action: str) -> StepResult:
     self._steps += 1
@@ -49,8 +52,13 @@ class CountingEnv(Env):
       observation = "Nothing happens."
     won = self._current == self._target
     done = won or self._steps >= self.max_steps
-    return StepResult(observation=observation, reward=SUCCESS_REWARD if won else 0.0, done=done, won=won,
-                      admissible_actions=self._actions())
+    return StepResult(
+      observation=observation,
+      reward=SUCCESS_REWARD if won else 0.0,
+      done=done,
+      won=won,
+      admissible_actions=self._actions(),
+    )
 
   def hindsight(self) -> Hindsight:
     return Hindsight(expert_actions=tuple(f"say {n}" for n in range(self._start + 1, self._target + 1)))

@@ -38,13 +38,11 @@ def failure_of(result: ResetResult | StepResult) -> str:
 
 
 def _failed_reset(reason: str) -> ResetResult:
-  return ResetResult(observation="", task="", task_type="", admissible_actions=[],
-                     info={FAILURE_KEY: reason})
+  return ResetResult(observation="", task="", task_type="", admissible_actions=[], info={FAILURE_KEY: reason})
 
 
 def _failed_step(reason: str) -> StepResult:
-  return StepResult(observation="", reward=0.0, done=True, won=False, admissible_actions=[],
-                    info={FAILURE_KEY: reason})
+  return StepResult(observation="", reward=0.0, done=True, won=False, admissible_actions=[], info={FAILURE_KEY: reason})
 
 
 def _apply(command: str, env: Env, payload: Any) -> Any:
@@ -57,8 +55,7 @@ def _apply(command: str, env: Env, payload: Any) -> Any:
   raise ValueError(f"unknown pool command {command!r}")
 
 
-def _worker_main(conn: mp.connection.Connection, env_factory: Callable[[], Env],
-                 env_indices: tuple[int, ...]) -> None:
+def _worker_main(conn: mp.connection.Connection, env_factory: Callable[[], Env], env_indices: tuple[int, ...]) -> None:
   """Serves (command, [(env_index, payload), ...]) requests, answering one message per env."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
   envs: dict[int, Env] = {}
@@ -97,8 +94,15 @@ class _Worker:
 class EnvPool:
   """`num_envs` envs over `num_workers` processes, addressed by env index 0..num_envs-1."""
 
-  def __init__(self, env_factory: Callable[[], Env], num_envs: int, num_workers: int | None = None,
-               timeout_s: float = 300.0, start_method: str = "forkserver", envs_per_block: int = 1):
+  def __init__(
+    self,
+    env_factory: Callable[[], Env],
+    num_envs: int,
+    num_workers: int | None = None,
+    timeout_s: float = 300.0,
+    start_method: str = "forkserver",
+    envs_per_block: int = 1,
+  ):
     if num_envs < 1 or envs_per_block < 1:
       raise ValueError("num_envs and envs_per_block must be at least 1")
     self.env_factory = env_factory
@@ -197,8 +201,11 @@ class EnvPool:
     env_indices = tuple(i for i in range(self.num_envs) if self.worker_of(i) == worker_id)
     parent_conn, child_conn = self._context.Pipe()
     process = self._context.Process(
-        target=_worker_main, args=(child_conn, self.env_factory, env_indices),
-        name=f"opid-env-worker-{worker_id}", daemon=True)
+      target=_worker_main,
+      args=(child_conn, self.env_factory, env_indices),
+      name=f"opid-env-worker-{worker_id}",
+      daemon=True,
+    )
     process.start()
     child_conn.close()
     return _Worker(process, parent_conn, env_indices)
@@ -246,8 +253,9 @@ class EnvPool:
     self._faults = {}
     return outcomes
 
-  def _gather_once(self, waiting: dict[int, set[int]], deadlines: dict[int, float],
-                   outcomes: dict[int, tuple[bool, Any]]) -> None:
+  def _gather_once(
+    self, waiting: dict[int, set[int]], deadlines: dict[int, float], outcomes: dict[int, tuple[bool, Any]]
+  ) -> None:
     owners: dict[Any, int] = {}
     for worker_id in waiting:
       owners[self._workers[worker_id].conn] = worker_id
@@ -265,8 +273,7 @@ class EnvPool:
     for worker_id in [w for w in waiting if deadlines[w] <= now]:
       self._give_up(worker_id, f"sent nothing for {self.timeout_s:.0f} s (hung)", waiting)
 
-  def _drain(self, worker_id: int, waiting: dict[int, set[int]],
-             outcomes: dict[int, tuple[bool, Any]]) -> bool:
+  def _drain(self, worker_id: int, waiting: dict[int, set[int]], outcomes: dict[int, tuple[bool, Any]]) -> bool:
     """Reads every answer already in the pipe; False when the worker is gone."""
     conn = self._workers[worker_id].conn
     try:
@@ -320,18 +327,16 @@ class TaskStream:
         self.position = 0
         self._order = self._epoch_order(self.epoch)
       take = min(count - len(tasks), len(self._order) - self.position)
-      tasks.extend(self._order[self.position:self.position + take])
+      tasks.extend(self._order[self.position : self.position + take])
       self.position += take
     return tasks
 
   def state_dict(self) -> dict[str, int]:
-    return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
-            "num_tasks": len(self.task_ids)}
+    return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "num_tasks": len(self.task_ids)}
 
   def load_state_dict(self, state: dict[str, int]) -> None:
     if int(state["num_tasks"]) != len(self.task_ids):
-      raise ValueError(f"state is for {state['num_tasks']} tasks, this stream has "
-                       f"{len(self.task_ids)}")
+      raise ValueError(f"state is for {state['num_tasks']} tasks, this stream has {len(self.task_ids)}")
     self.seed = int(state["seed"])
     self.epoch = int(state["epoch"])
     self.position = int(state["position"])

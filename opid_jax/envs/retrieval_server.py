@@ -27,7 +27,6 @@ DEFAULT_TOPK = 3
 
 
 class RequestError(ValueError):
-
   def __init__(self, status: int, message: str):
     super().__init__(message)
     self.status = status
@@ -53,6 +52,7 @@ class Bm25Index:
 
   def __init__(self, documents: list[dict[str, Any]]):
     from opid_jax.envs.bm25 import import_bm25s
+
     bm25s = import_bm25s()
     self._bm25s = bm25s
     self.documents = documents
@@ -65,12 +65,13 @@ class Bm25Index:
     if not queries:
       return []
     k = min(topk, len(self.documents))
-    query_tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False,
-                                        return_ids=False)
+    query_tokens = self._bm25s.tokenize(list(queries), stopwords="en", show_progress=False, return_ids=False)
     with self._lock:
       indices, scores = self._retriever.retrieve(query_tokens, k=k, show_progress=False)
-    return [[(self.documents[int(i)], float(s)) for i, s in zip(row_ids, row_scores)]
-            for row_ids, row_scores in zip(indices, scores)]
+    return [
+      [(self.documents[int(i)], float(s)) for i, s in zip(row_ids, row_scores)]
+      for row_ids, row_scores in zip(indices, scores)
+    ]
 
 
 def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
@@ -95,8 +96,7 @@ def parse_retrieve_request(body: bytes) -> tuple[list[str], int, bool]:
   return queries, topk, return_scores
 
 
-def retrieve_response(index: Bm25Index, queries: list[str], topk: int,
-                      return_scores: bool) -> dict[str, Any]:
+def retrieve_response(index: Bm25Index, queries: list[str], topk: int, return_scores: bool) -> dict[str, Any]:
   results = index.search(queries, topk)
   if return_scores:
     return {"result": [[{"document": doc, "score": score} for doc, score in hits] for hits in results]}
@@ -168,8 +168,7 @@ def make_handler(index: Bm25Index) -> type[http.server.BaseHTTPRequestHandler]:
   return RetrieveHandler
 
 
-def make_server(corpus_path: str, host: str = "127.0.0.1", port: int = 8000
-                ) -> http.server.ThreadingHTTPServer:
+def make_server(corpus_path: str, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
   """A ready server (not yet serving); port 0 picks a free port (see `server.server_address`)."""
   index = Bm25Index(load_corpus(corpus_path))
   server = http.server.ThreadingHTTPServer((host, port), make_handler(index))
@@ -182,13 +181,17 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--corpus", required=True, help="jsonl file of {id, contents} rows")
   parser.add_argument("--port", type=int, default=8000)
-  parser.add_argument("--host", default="127.0.0.1",
-                      help="interface to listen on (loopback by default; 0.0.0.0 exposes it)")
+  parser.add_argument(
+    "--host", default="127.0.0.1", help="interface to listen on (loopback by default; 0.0.0.0 exposes it)"
+  )
   args = parser.parse_args(argv)
   server = make_server(args.corpus, args.host, args.port)
   host, port = server.server_address[:2]
-  print(f"retrieval server: {len(server.index.documents)} passages, "
-        f"http://{host}:{port}/retrieve", file=sys.stderr, flush=True)
+  print(
+    f"retrieval server: {len(server.index.documents)} passages, http://{host}:{port}/retrieve",
+    file=sys.stderr,
+    flush=True,
+  )
   try:
     server.serve_forever()
   except KeyboardInterrupt:

@@ -24,8 +24,9 @@ _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 INVALID_ACTION_FEEDBACK = (
-    "Your previous action was not valid. To search, put a query between <search> and </search>; "
-    "to answer, put the final answer between <answer> and </answer>.")
+  "Your previous action was not valid. To search, put a query between <search> and </search>; "
+  "to answer, put the final answer between <answer> and </answer>."
+)
 
 
 def normalize_answer(text: str) -> str:
@@ -106,6 +107,7 @@ class RetrieverClient:
 
   def retrieve(self, queries: Sequence[str]) -> list[list[dict[str, Any]]]:
     import httpx
+
     if self._client is None:
       self._client = httpx.Client(timeout=self.timeout_s)
     payload = {"queries": list(queries), "topk": self.topk, "return_scores": True}
@@ -120,8 +122,7 @@ class RetrieverClient:
         if response.status_code == 200:
           return [[hit["document"] for hit in hits] for hits in response.json()["result"]]
         if response.status_code < 500 or last_try:  # a rejected request will not improve
-          raise RuntimeError(f"retriever at {self.url} answered {response.status_code}: "
-                             f"{response.text[:300]}")
+          raise RuntimeError(f"retriever at {self.url} answered {response.status_code}: {response.text[:300]}")
       time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
 
@@ -132,10 +133,15 @@ class RetrieverClient:
 
 
 class SearchQAEnv(Env):
-
-  def __init__(self, questions_path: str, retriever_url: str = "http://127.0.0.1:8000/retrieve",
-               topk: int = 3, max_turns: int = 4, task_type: str | None = None,
-               timeout_s: float = 30.0):
+  def __init__(
+    self,
+    questions_path: str,
+    retriever_url: str = "http://127.0.0.1:8000/retrieve",
+    topk: int = 3,
+    max_turns: int = 4,
+    task_type: str | None = None,
+    timeout_s: float = 30.0,
+  ):
     self.questions_path = questions_path
     self.max_steps = max_turns
     self.task_type = task_type or dataset_name(questions_path)
@@ -158,11 +164,11 @@ class SearchQAEnv(Env):
     self._done = False
     question = str(self._row["question"]).strip()
     return ResetResult(
-        observation=f"Question: {question}",
-        task=question,
-        task_type=self.task_type,
-        admissible_actions=[],
-        info={"task_id": task_id},
+      observation=f"Question: {question}",
+      task=question,
+      task_type=self.task_type,
+      admissible_actions=[],
+      info={"task_id": task_id},
     )
 
   def step(self, action: str) -> StepResult:
@@ -182,12 +188,12 @@ class SearchQAEnv(Env):
     truncated = answer is None and self._turns >= self.max_steps
     self._done = answer is not None or truncated
     return StepResult(
-        observation=observation,
-        reward=1.0 if won else 0.0,
-        done=self._done,
-        won=won,
-        admissible_actions=[],
-        info={"truncated": truncated, "answer": answer, "query": query},
+      observation=observation,
+      reward=1.0 if won else 0.0,
+      done=self._done,
+      won=won,
+      admissible_actions=[],
+      info={"truncated": truncated, "answer": answer, "query": query},
     )
 
   def hindsight(self) -> Hindsight:

@@ -3,8 +3,6 @@ with no analyzer and no skills; the table lands in WORKDIR/eval_<split>.json and
 
 from __future__ import annotations
 
-import json
-
 import jax
 from etils import epath
 from flax import nnx
@@ -29,19 +27,35 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
     nnx.update(loaded.model, restored)
   r = config.rollout
   prompt_buckets = padding.buckets_up_to(r.max_prompt_tokens, config.train.prompt_buckets)
-  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets,
-                    truncate_left=r.truncation_side == "left")
-  sampling = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+  sampler = Sampler(
+    loaded.model,
+    loaded.stop_ids,
+    loaded.pad_id,
+    prompt_buckets=prompt_buckets,
+    truncate_left=r.truncation_side == "left",
+  )
+  sampling = SamplingParams(
+    temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens
+  )
   policy = make_policy(sampler, sampling, jax.random.PRNGKey(config.train.seed))
   tasks = tables.first_per_split(env.eval_tasks, num_tasks)
   num_envs = max(1, min(len(tasks), config.train.eval_envs or r.tasks_per_batch * r.group_size))
-  with EnvPool(env.eval_factory or env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
-               timeout_s=config.env.step_timeout_s) as pool:
-    table, _ = tables.evaluate(pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens,
-                               r.truncation_side)
+  with EnvPool(
+    env.eval_factory or env.factory,
+    num_envs=num_envs,
+    num_workers=config.env.num_workers,
+    timeout_s=config.env.step_timeout_s,
+  ) as pool:
+    table, _ = tables.evaluate(pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens, r.truncation_side)
   name = f"eval_{config.env.eval_split.replace(',', '+')}"
-  report = {"checkpoint_iteration": step, "model": config.model.path, "split": config.env.eval_split,
-            "tasks": len(tasks), "temperature": r.eval_temperature, "table": table}
+  report = {
+    "checkpoint_iteration": step,
+    "model": config.model.path,
+    "split": config.env.eval_split,
+    "tasks": len(tasks),
+    "temperature": r.eval_temperature,
+    "table": table,
+  }
   base = epath.Path(workdir) / name
   tables.write_table(workdir, name, table, report=report)
   return table, str(base)

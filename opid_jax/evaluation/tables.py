@@ -17,11 +17,11 @@ def trajectory_metrics(trajectories: Sequence[Trajectory], prefix: str = "") -> 
     return {}
   steps = [s for t in trajectories for s in t.steps]
   return {
-      f"{prefix}success": float(np.mean([t.won for t in trajectories])),
-      f"{prefix}return": float(np.mean([t.episode_return for t in trajectories])),
-      f"{prefix}episode_length": float(np.mean([t.length for t in trajectories])),
-      f"{prefix}valid_action_ratio": float(np.mean([s.valid for s in steps])) if steps else 0.0,
-      f"{prefix}env_failures": float(sum(bool(t.failure_reason) for t in trajectories)),
+    f"{prefix}success": float(np.mean([t.won for t in trajectories])),
+    f"{prefix}return": float(np.mean([t.episode_return for t in trajectories])),
+    f"{prefix}episode_length": float(np.mean([t.length for t in trajectories])),
+    f"{prefix}valid_action_ratio": float(np.mean([s.valid for s in steps])) if steps else 0.0,
+    f"{prefix}env_failures": float(sum(bool(t.failure_reason) for t in trajectories)),
   }
 
 
@@ -54,17 +54,23 @@ def per_task_type(trajectories: Sequence[Trajectory]) -> dict[str, dict[str, flo
     splits[split_of(t.task_id)].append(t)
   table = {name: {**trajectory_metrics(ts), "episodes": len(ts)} for name, ts in sorted(groups.items())}
   if len(splits) > 1:
-    table.update({f"split:{name}": {**trajectory_metrics(ts), "episodes": len(ts)}
-                  for name, ts in splits.items()})
+    table.update({f"split:{name}": {**trajectory_metrics(ts), "episodes": len(ts)} for name, ts in splits.items()})
   table["all"] = {**trajectory_metrics(trajectories), "episodes": len(trajectories)}
   return table
 
 
-def evaluate(pool, policy: Callable, tokenizer, agent: rollout.AgentSpec, task_ids: Sequence[str],
-             max_prompt_tokens: int | None, truncation_side: str = "left"
-             ) -> tuple[dict[str, dict[str, float]], list[Trajectory]]:
-  trajectories = rollout.run_groups(pool, policy, tokenizer, task_ids, 1, agent, max_prompt_tokens,
-                                    truncation_side=truncation_side)
+def evaluate(
+  pool,
+  policy: Callable,
+  tokenizer,
+  agent: rollout.AgentSpec,
+  task_ids: Sequence[str],
+  max_prompt_tokens: int | None,
+  truncation_side: str = "left",
+) -> tuple[dict[str, dict[str, float]], list[Trajectory]]:
+  trajectories = rollout.run_groups(
+    pool, policy, tokenizer, task_ids, 1, agent, max_prompt_tokens, truncation_side=truncation_side
+  )
   return per_task_type(trajectories), trajectories
 
 
@@ -81,7 +87,9 @@ def write_table(folder: str, name: str, table: dict[str, dict[str, float]], repo
   """FOLDER/NAME.json (the `report` dict, or the table alone) and FOLDER/NAME.md (the markdown table); local or
   gs://."""
   import json
+
   from etils import epath
+
   out = epath.Path(folder)
   out.mkdir(parents=True, exist_ok=True)
   (out / f"{name}.json").write_text(json.dumps(report if report is not None else table, indent=2))

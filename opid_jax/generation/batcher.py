@@ -87,7 +87,7 @@ class RequestBatcher:
       self.requests += len(requests)
       for r, tokens, finished in zip(requests, out.tokens, out.finished):
         if len(tokens) > r.max_tokens:
-          tokens, finished = tokens[:r.max_tokens], False
+          tokens, finished = tokens[: r.max_tokens], False
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         r.future.set_result(Completion(text, len(r.prompt_ids), len(tokens), "stop" if finished else "length"))
     except Exception as e:  # the server answers each request with the error instead of hanging

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from opid_jax.errors import UserError
 from opid_jax.batching import padding, prompt_length
+from opid_jax.errors import UserError
 from opid_jax.model.decoder import Decoder, init_cache, positions_from_mask
 from opid_jax.parallel.distributed import fetch  # gathers outputs that span several hosts
 
@@ -97,8 +97,9 @@ def sample_token(logits, key, temperature, top_p, top_k):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def generate_arrays(graphdef, params, tokens, mask, key, temperature, top_p, top_k, stop_ids, pad_id, *,
-                    max_new_tokens: int):
+def generate_arrays(
+  graphdef, params, tokens, mask, key, temperature, top_p, top_k, stop_ids, pad_id, *, max_new_tokens: int
+):
   """tokens/mask: [batch, prompt] left-padded. Returns (ids, logprobs) [batch, max_new], lengths, finished."""
   TRACE_COUNTS["generate"] += 1
   model: Decoder = nnx.merge(graphdef, params)
@@ -107,8 +108,7 @@ def generate_arrays(graphdef, params, tokens, mask, key, temperature, top_p, top
   kv_valid = jnp.concatenate([mask, jnp.zeros((batch, max_new_tokens), bool)], axis=1)
   cache = init_cache(model.cfg, batch, total)
   hidden, cache = model(tokens, positions_from_mask(mask), kv_valid, cache, 0)
-  first, first_lp = sample_token(model.logits(hidden[:, -1]), jax.random.fold_in(key, 0), temperature, top_p,
-                                 top_k)
+  first, first_lp = sample_token(model.logits(hidden[:, -1]), jax.random.fold_in(key, 0), temperature, top_p, top_k)
   out_ids = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
   out_lp = jnp.zeros((batch, max_new_tokens), jnp.float32).at[:, 0].set(first_lp)
   done = jnp.isin(first, stop_ids) | ~jnp.any(mask, axis=1)  # filler rows start done
@@ -125,8 +125,7 @@ def generate_arrays(graphdef, params, tokens, mask, key, temperature, top_p, top
     kv_valid = jax.lax.dynamic_update_slice_in_dim(kv_valid, jnp.ones((batch, 1), bool), slot, axis=1)
     positions = (prompt_lengths + step - 1)[:, None]
     hidden, cache = model(last[:, None], positions, kv_valid, cache, slot)
-    token, lp = sample_token(model.logits(hidden[:, 0]), jax.random.fold_in(key, step), temperature, top_p,
-                             top_k)
+    token, lp = sample_token(model.logits(hidden[:, 0]), jax.random.fold_in(key, step), temperature, top_p, top_k)
     token = jnp.where(done, pad_id, token)
     lp = jnp.where(done, 0.0, lp)
     out_ids = jax.lax.dynamic_update_slice_in_dim(out_ids, token[:, None], step, axis=1)
@@ -143,10 +142,16 @@ def generate_arrays(graphdef, params, tokens, mask, key, temperature, top_p, top
 class Sampler:
   """Host-side front end: buckets, batching, truncation, and turning arrays back into lists."""
 
-  def __init__(self, model: Decoder, stop_ids: Sequence[int], pad_id: int, *,
-               prompt_buckets: Sequence[int] = padding.DEFAULT_PROMPT_BUCKETS,
-               batch_buckets: Sequence[int] = padding.DEFAULT_BATCH_BUCKETS,
-               truncate_left: bool = False):
+  def __init__(
+    self,
+    model: Decoder,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    *,
+    prompt_buckets: Sequence[int] = padding.DEFAULT_PROMPT_BUCKETS,
+    batch_buckets: Sequence[int] = padding.DEFAULT_BATCH_BUCKETS,
+    truncate_left: bool = False,
+  ):
     if not stop_ids:
       raise UserError("the sampler needs at least one stop (end-of-turn / EOS) token id")
     self.graphdef, self.params = nnx.split(model)
@@ -160,8 +165,9 @@ class Sampler:
     """Swaps in new parameters (same structure): no recompilation."""
     self.params = params
 
-  def generate(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams,
-               key: jax.Array | int = 0) -> GenerationOutput:
+  def generate(
+    self, prompts: Sequence[Sequence[int]], sampling: SamplingParams, key: jax.Array | int = 0
+  ) -> GenerationOutput:
     if isinstance(key, int):
       key = jax.random.PRNGKey(key)
     if any(len(p) == 0 for p in prompts):
@@ -174,9 +180,18 @@ class Sampler:
       length = padding.bucket_for(max(len(p) for p in part), self.prompt_buckets, "prompt length")
       ids, mask = padding.pad_left(part, length, rows, self.pad_id)
       out_ids, out_lp, lengths, done = generate_arrays(
-          self.graphdef, self.params, ids, mask, jax.random.fold_in(key, i),
-          jnp.float32(sampling.temperature), jnp.float32(sampling.top_p), jnp.int32(sampling.top_k),
-          self.stop_ids, jnp.int32(self.pad_id), max_new_tokens=sampling.max_new_tokens)
+        self.graphdef,
+        self.params,
+        ids,
+        mask,
+        jax.random.fold_in(key, i),
+        jnp.float32(sampling.temperature),
+        jnp.float32(sampling.top_p),
+        jnp.int32(sampling.top_k),
+        self.stop_ids,
+        jnp.int32(self.pad_id),
+        max_new_tokens=sampling.max_new_tokens,
+      )
       out_ids, out_lp, lengths, done = fetch((out_ids, out_lp, lengths, done))
       for r in range(len(part)):
         n = int(lengths[r])

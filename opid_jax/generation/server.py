@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opid_jax.batching import prompt_length
 
-
 MAX_TOKENS_LIMIT = 4096
 
 
@@ -27,9 +26,15 @@ class BadRequest(Exception):
 def parse_chat_request(body: dict, default_max_tokens: int):
   """-> (messages, SamplingParams, n); BadRequest names the offending field."""
   from opid_jax.generation.sampler import SamplingParams
+
   messages = body.get("messages")
-  if not isinstance(messages, list) or not messages or not all(
-      isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+  if (
+    not isinstance(messages, list)
+    or not messages
+    or not all(
+      isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    )
+  ):
     raise BadRequest("'messages' must be a non-empty list of {role, content} objects with string content")
   if body.get("stream"):
     raise BadRequest("'stream' is not supported")
@@ -66,14 +71,25 @@ def make_handler(state):
       self.end_headers()
       self.wfile.write(data)
 
-    def _error(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None):
+    def _error(
+      self,
+      status: int,
+      message: str,
+      kind: str = "invalid_request_error",
+      param: str | None = None,
+      code: str | None = None,
+    ):
       self._send(status, {"error": {"message": message, "type": kind, "param": param, "code": code}})
 
     def do_GET(self):
       if self.path.rstrip("/") == "/v1/models":
-        self._send(200, {"object": "list", "data": [
-            {"id": state["model_id"], "object": "model", "created": state["created"], "owned_by": "opid_jax"}]})
+        self._send(
+          200,
+          {
+            "object": "list",
+            "data": [{"id": state["model_id"], "object": "model", "created": state["created"], "owned_by": "opid_jax"}],
+          },
+        )
       elif self.path.rstrip("/") == "/v1/stats":
         b = state["batcher"]
         self._send(200, {"batches": b.batches, "requests": b.requests})
@@ -101,37 +117,78 @@ def make_handler(state):
       except Exception as e:
         self._error(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
         return
-      choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason,
-                  "logprobs": None} for i, c in enumerate(completions)]
+      choices = [
+        {
+          "index": i,
+          "message": {"role": "assistant", "content": c.text},
+          "finish_reason": c.finish_reason,
+          "logprobs": None,
+        }
+        for i, c in enumerate(completions)
+      ]
       prompt_tokens = completions[0].prompt_tokens
       completion_tokens = sum(c.completion_tokens for c in completions)
-      self._send(200, {
-          "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-          "model": body.get("model") or state["model_id"], "choices": choices,
-          "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens}})
+      self._send(
+        200,
+        {
+          "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+          "object": "chat.completion",
+          "created": int(time.time()),
+          "model": body.get("model") or state["model_id"],
+          "choices": choices,
+          "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+          },
+        },
+      )
 
   return Handler
 
 
-def build_server(model: str, host: str, port: int, *, max_batch: int = 32, max_prompt_tokens: int = 4096,
-                 default_max_tokens: int = 512, dtype: str = "float32", truncation_side: str = "left"):
+def build_server(
+  model: str,
+  host: str,
+  port: int,
+  *,
+  max_batch: int = 32,
+  max_prompt_tokens: int = 4096,
+  default_max_tokens: int = 512,
+  dtype: str = "float32",
+  truncation_side: str = "left",
+):
+  from opid_jax.batching import padding
   from opid_jax.generation.batcher import RequestBatcher
   from opid_jax.generation.sampler import Sampler
   from opid_jax.model import loading, tokenizer as tok
-  from opid_jax.batching import padding
+
   loaded = loading.load(model, dtype=dtype)
-  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id,
-                    prompt_buckets=padding.buckets_up_to(max_prompt_tokens), truncate_left=True)
+  sampler = Sampler(
+    loaded.model,
+    loaded.stop_ids,
+    loaded.pad_id,
+    prompt_buckets=padding.buckets_up_to(max_prompt_tokens),
+    truncate_left=True,
+  )
   batcher = RequestBatcher(sampler, loaded.tokenizer, max_batch=max_batch)
 
   def complete(messages, sampling, n, max_tokens):
-    prompt = prompt_length.fit(tok.encode(loaded.tokenizer, tok.chat_prompt(loaded.tokenizer, messages)),
-                               max_prompt_tokens, truncation_side, prompt_length.SERVER)
+    prompt = prompt_length.fit(
+      tok.encode(loaded.tokenizer, tok.chat_prompt(loaded.tokenizer, messages)),
+      max_prompt_tokens,
+      truncation_side,
+      prompt_length.SERVER,
+    )
     return [f.result() for f in [batcher.submit(prompt, sampling, max_tokens) for _ in range(n)]]
 
-  state = {"model_id": model, "created": int(time.time()), "batcher": batcher, "complete": complete,
-           "default_max_tokens": default_max_tokens}
+  state = {
+    "model_id": model,
+    "created": int(time.time()),
+    "batcher": batcher,
+    "complete": complete,
+    "default_max_tokens": default_max_tokens,
+  }
   server = ThreadingHTTPServer((host, port), make_handler(state))
   server.daemon_threads = True
   return server, batcher

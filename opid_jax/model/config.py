@@ -58,22 +58,22 @@ class ModelConfig:
     head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
     keep = ("bos_token_id", "eos_token_id", "pad_token_id")
     cfg = cls(
-        model_type=model_type,
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=num_heads,
-        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-        head_dim=head_dim,
-        rope_theta=float(theta),
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=model_type == "qwen2",
-        qk_norm=model_type == "qwen3",
-        max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-        rope_scaling=tuple(sorted(scaling.items())) if rope_type != "default" else (),
-        extra_hf=tuple((k, hf[k]) for k in keep if hf.get(k) is not None),
+      model_type=model_type,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      intermediate_size=hf["intermediate_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=num_heads,
+      num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+      head_dim=head_dim,
+      rope_theta=float(theta),
+      rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      qkv_bias=model_type == "qwen2",
+      qk_norm=model_type == "qwen3",
+      max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+      rope_scaling=tuple(sorted(scaling.items())) if rope_type != "default" else (),
+      extra_hf=tuple((k, hf[k]) for k in keep if hf.get(k) is not None),
     )
     return dataclasses.replace(cfg, **overrides)
 
@@ -82,22 +82,22 @@ class ModelConfig:
     rope = {"rope_theta": self.rope_theta, "rope_type": "default"}
     rope.update(self.rope_scaling_dict)
     hf = {
-        "architectures": [architectures[self.model_type]],
-        "model_type": self.model_type,
-        "vocab_size": self.vocab_size,
-        "hidden_size": self.hidden_size,
-        "intermediate_size": self.intermediate_size,
-        "num_hidden_layers": self.num_layers,
-        "num_attention_heads": self.num_heads,
-        "num_key_value_heads": self.num_kv_heads,
-        "head_dim": self.head_dim,
-        "rope_theta": self.rope_theta,
-        "rope_parameters": rope,
-        "rms_norm_eps": self.rms_norm_eps,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "max_position_embeddings": self.max_position_embeddings,
-        "hidden_act": "silu",
-        "dtype": self.param_dtype,
+      "architectures": [architectures[self.model_type]],
+      "model_type": self.model_type,
+      "vocab_size": self.vocab_size,
+      "hidden_size": self.hidden_size,
+      "intermediate_size": self.intermediate_size,
+      "num_hidden_layers": self.num_layers,
+      "num_attention_heads": self.num_heads,
+      "num_key_value_heads": self.num_kv_heads,
+      "head_dim": self.head_dim,
+      "rope_theta": self.rope_theta,
+      "rope_parameters": rope,
+      "rms_norm_eps": self.rms_norm_eps,
+      "tie_word_embeddings": self.tie_word_embeddings,
+      "max_position_embeddings": self.max_position_embeddings,
+      "hidden_act": "silu",
+      "dtype": self.param_dtype,
     }
     if self.model_type == "llama":
       hf.update(attention_bias=False, mlp_bias=False)
@@ -107,6 +107,7 @@ class ModelConfig:
   def rope_inv_freq(self):
     """Per-pair inverse frequencies (float64 numpy, cast by the caller), HF's conventions."""
     import numpy as np
+
     inv = 1.0 / (self.rope_theta ** (np.arange(0, self.head_dim, 2, dtype=np.float32) / self.head_dim))
     scaling = self.rope_scaling_dict
     kind = scaling.get("rope_type", "default")
@@ -130,6 +131,7 @@ class ModelConfig:
 
 def _llama3_inv_freq(inv, scaling):
   import numpy as np
+
   factor = scaling["factor"]
   low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
   old_len = scaling["original_max_position_embeddings"]

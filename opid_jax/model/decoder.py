@@ -38,7 +38,6 @@ _normal = jax.nn.initializers.normal(0.02)
 
 
 class RMSNorm(nnx.Module):
-
   def __init__(self, dim: int, eps: float, param_dtype, axes=("norm",)):
     self.eps = eps
     self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=axes)
@@ -66,7 +65,6 @@ def apply_rope(x, cos, sin):
 
 
 class Attention(nnx.Module):
-
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -155,11 +153,12 @@ def _attend_block(q, k, v, allowed):
 
 def _write_cache(cache: LayerCache, k, v, cache_index) -> LayerCache:
   """Writes keys and values [b, t, kv_heads, h] at slot cache_index."""
-  k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.transpose(0, 2, 3, 1).astype(cache.k.dtype), cache_index,
-                                          axis=3)
+  k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.transpose(0, 2, 3, 1).astype(cache.k.dtype), cache_index, axis=3)
   v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(1, 2).astype(cache.v.dtype), cache_index, axis=2)
-  return LayerCache(constrain(k, ("batch", "kv_heads", "head_dim", "cache_length")),
-                    constrain(v, ("batch", "kv_heads", "cache_length", "head_dim")))
+  return LayerCache(
+    constrain(k, ("batch", "kv_heads", "head_dim", "cache_length")),
+    constrain(v, ("batch", "kv_heads", "cache_length", "head_dim")),
+  )
 
 
 def _attend_one_query(q, k, v, allowed):
@@ -172,7 +171,6 @@ def _attend_one_query(q, k, v, allowed):
 
 
 class MLP(nnx.Module):
-
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     d, f = cfg.hidden_size, cfg.intermediate_size
@@ -189,7 +187,6 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
@@ -224,7 +221,6 @@ def _run_block_remat(block, x, cos, sin, kv_valid, cache, cache_index):
 
 
 class Decoder(nnx.Module):
-
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     self.cfg = cfg

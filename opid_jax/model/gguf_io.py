@@ -17,15 +17,22 @@ from opid_jax.model.decoder import Decoder
 from opid_jax.model.hf_io import build_model
 
 _GGUF_TO_HF = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
+  "token_embd.weight": "model.embed_tokens.weight",
+  "output_norm.weight": "model.norm.weight",
+  "output.weight": "lm_head.weight",
 }
 _GGUF_BLOCK_TO_HF = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+  "attn_norm": "input_layernorm",
+  "ffn_norm": "post_attention_layernorm",
+  "attn_q": "self_attn.q_proj",
+  "attn_k": "self_attn.k_proj",
+  "attn_v": "self_attn.v_proj",
+  "attn_output": "self_attn.o_proj",
+  "attn_q_norm": "self_attn.q_norm",
+  "attn_k_norm": "self_attn.k_norm",
+  "ffn_gate": "mlp.gate_proj",
+  "ffn_up": "mlp.up_proj",
+  "ffn_down": "mlp.down_proj",
 }
 _ARCH_TO_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 
@@ -34,6 +41,7 @@ def _reader(path: str):
   if not os.path.isfile(path):
     raise UserError(f"GGUF file {path} does not exist")
   import gguf
+
   try:
     return gguf.GGUFReader(path)
   except Exception as e:
@@ -54,21 +62,21 @@ def gguf_hf_config(reader) -> dict:
   heads = int(_field(reader, f"{arch}.attention.head_count"))
   hidden = int(_field(reader, f"{arch}.embedding_length"))
   return {
-      "model_type": _ARCH_TO_MODEL_TYPE[arch],
-      "vocab_size": int(embed.shape[-1]),
-      "hidden_size": hidden,
-      "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
-      "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
-      "num_attention_heads": heads,
-      "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
-      "head_dim": int(_field(reader, f"{arch}.attention.key_length", hidden // heads)),
-      "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-      "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-      "max_position_embeddings": int(_field(reader, f"{arch}.context_length", 32768)),
-      "tie_word_embeddings": "output.weight" not in names,
-      "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
-      "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
-      "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
+    "model_type": _ARCH_TO_MODEL_TYPE[arch],
+    "vocab_size": int(embed.shape[-1]),
+    "hidden_size": hidden,
+    "intermediate_size": int(_field(reader, f"{arch}.feed_forward_length")),
+    "num_hidden_layers": int(_field(reader, f"{arch}.block_count")),
+    "num_attention_heads": heads,
+    "num_key_value_heads": int(_field(reader, f"{arch}.attention.head_count_kv", heads)),
+    "head_dim": int(_field(reader, f"{arch}.attention.key_length", hidden // heads)),
+    "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+    "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+    "max_position_embeddings": int(_field(reader, f"{arch}.context_length", 32768)),
+    "tie_word_embeddings": "output.weight" not in names,
+    "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+    "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+    "pad_token_id": _field(reader, "tokenizer.ggml.padding_token_id"),
   }
 
 
@@ -88,6 +96,7 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
 
 def iter_gguf_tensors(reader, hf: dict) -> Iterator[tuple[str, np.ndarray]]:
   import gguf
+
   permuted = hf["model_type"] == "llama"
   for t in reader.tensors:
     name = _hf_name(t.name)
@@ -102,10 +111,10 @@ def iter_gguf_tensors(reader, hf: dict) -> Iterator[tuple[str, np.ndarray]]:
     yield name, w
 
 
-def load_gguf(path: str, *, dtype: str | None = None, param_dtype: str | None = None, remat: bool = False,
-              shardings=None) -> tuple[Decoder, ModelConfig]:
+def load_gguf(
+  path: str, *, dtype: str | None = None, param_dtype: str | None = None, remat: bool = False, shardings=None
+) -> tuple[Decoder, ModelConfig]:
   reader = _reader(path)
   hf = gguf_hf_config(reader)
-  cfg = ModelConfig.from_hf_dict(hf, dtype=dtype or "float32", param_dtype=param_dtype or "float32",
-                                 remat=remat)
+  cfg = ModelConfig.from_hf_dict(hf, dtype=dtype or "float32", param_dtype=param_dtype or "float32", remat=remat)
   return build_model(cfg, iter_gguf_tensors(reader, hf), source=path, shardings=shardings), cfg

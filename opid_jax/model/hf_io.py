@@ -25,22 +25,30 @@ from opid_jax.model.decoder import Decoder, abstract_model
 # HF tensor name -> (our parameter path, whether HF stores it as a [out, in] linear weight to transpose).
 # Linear weights become (in, out) and are then reshaped to the per-head shape of the parameter.
 _HF_TO_OURS = [
-    (r"model\.embed_tokens\.weight", "embed", False),
-    (r"lm_head\.weight", "lm_head", True),
-    (r"model\.norm\.weight", "final_norm.scale", False),
-    (r"model\.layers\.(\d+)\.input_layernorm\.weight", "layers.{0}.attn_norm.scale", False),
-    (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", "layers.{0}.mlp_norm.scale", False),
-    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight", "layers.{0}.attn.{1}", True),
-    (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias", "layers.{0}.attn.{1}_bias", False),
-    (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", "layers.{0}.attn.o", True),
-    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", "layers.{0}.attn.{1}_norm.scale", False),
-    (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.{1}", True),
+  (r"model\.embed_tokens\.weight", "embed", False),
+  (r"lm_head\.weight", "lm_head", True),
+  (r"model\.norm\.weight", "final_norm.scale", False),
+  (r"model\.layers\.(\d+)\.input_layernorm\.weight", "layers.{0}.attn_norm.scale", False),
+  (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", "layers.{0}.mlp_norm.scale", False),
+  (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight", "layers.{0}.attn.{1}", True),
+  (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias", "layers.{0}.attn.{1}_bias", False),
+  (r"model\.layers\.(\d+)\.self_attn\.o_proj\.weight", "layers.{0}.attn.o", True),
+  (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", "layers.{0}.attn.{1}_norm.scale", False),
+  (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", "layers.{0}.mlp.{1}", True),
 ]
 _COMPILED = [(re.compile(p + "$"), target, t) for p, target, t in _HF_TO_OURS]
 
 _ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
 }
 _NP_TO_ST = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 _WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -82,8 +90,11 @@ def write_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[
   for name, arr in tensors.items():
     arr = np.ascontiguousarray(arr)
     blob = arr.tobytes()
-    header[name] = {"dtype": _NP_TO_ST[arr.dtype], "shape": list(arr.shape),
-                    "data_offsets": [offset, offset + len(blob)]}
+    header[name] = {
+      "dtype": _NP_TO_ST[arr.dtype],
+      "shape": list(arr.shape),
+      "data_offsets": [offset, offset + len(blob)],
+    }
     offset += len(blob)
     blobs.append(blob)
   header["__metadata__"] = metadata or {"format": "pt"}
@@ -109,11 +120,13 @@ def resolve_model_dir(path_or_id: str) -> str:
     raise UserError(f"model path {path_or_id!r} does not exist")
   try:
     from huggingface_hub import snapshot_download
+
     return snapshot_download(path_or_id, allow_patterns=_WEIGHT_PATTERNS)
   except Exception as e:  # offline, unknown repo, gated repo: all the same to a user
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f"model {path_or_id!r} is not a local path and could not be downloaded from the hub "
-                    f"({reason})") from None
+    raise UserError(
+      f"model {path_or_id!r} is not a local path and could not be downloaded from the hub ({reason})"
+    ) from None
 
 
 def safetensors_files(model_dir: str) -> list[str]:
@@ -151,8 +164,13 @@ def _target_leaves(model: Decoder) -> dict[str, nnx.Variable]:
   return {_dotted(path): var for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-def build_model(cfg: ModelConfig, tensors: Iterator[tuple[str, np.ndarray]], *, source: str,
-                shardings: Callable[[nnx.Variable], jax.sharding.Sharding | None] | None = None) -> Decoder:
+def build_model(
+  cfg: ModelConfig,
+  tensors: Iterator[tuple[str, np.ndarray]],
+  *,
+  source: str,
+  shardings: Callable[[nnx.Variable], jax.sharding.Sharding | None] | None = None,
+) -> Decoder:
   """Creates the model from (HF name, array) pairs, placing each parameter as soon as it is read.
 
   `shardings` maps a parameter's abstract Variable (shape + `logical_axes` metadata) to its sharding.
@@ -175,27 +193,32 @@ def build_model(cfg: ModelConfig, tensors: Iterator[tuple[str, np.ndarray]], *, 
     if transpose:
       value = value.T
     if value.size != int(np.prod(target.shape)):
-      raise UserError(f"{source}: tensor {name} has shape {list(array.shape)}, expected "
-                      f"{int(np.prod(target.shape))} elements for {path}")
+      raise UserError(
+        f"{source}: tensor {name} has shape {list(array.shape)}, expected "
+        f"{int(np.prod(target.shape))} elements for {path}"
+      )
     value = value.reshape(target.shape).astype(jnp.dtype(cfg.param_dtype))
     sharding = shardings(target) if shardings else None
     filled[path] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
   missing = sorted(set(targets) - set(filled))
   if missing:
-    raise UserError(f"{source}: weights missing for {', '.join(missing[:4])}"
-                    f"{' ...' if len(missing) > 4 else ''}")
+    raise UserError(f"{source}: weights missing for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
   new_flat = [(path, var.replace(filled[_dotted(path)])) for path, var in flat]
   return nnx.merge(graphdef, nnx.from_flat_state(new_flat))
 
 
-def load_hf(path_or_id: str, *, dtype: str | None = None, param_dtype: str | None = None,
-            remat: bool = False, shardings=None) -> tuple[Decoder, ModelConfig, str]:
+def load_hf(
+  path_or_id: str, *, dtype: str | None = None, param_dtype: str | None = None, remat: bool = False, shardings=None
+) -> tuple[Decoder, ModelConfig, str]:
   """Loads an HF folder or hub id. Returns the model, its config and the local folder."""
   model_dir = resolve_model_dir(path_or_id)
   hf = read_hf_config(model_dir)
   stored = hf.get("dtype") or hf.get("torch_dtype") or "float32"
-  overrides = dict(dtype=dtype or "float32", param_dtype=param_dtype or ("bfloat16" if stored == "bfloat16" else "float32"),
-                   remat=remat)
+  overrides = dict(
+    dtype=dtype or "float32",
+    param_dtype=param_dtype or ("bfloat16" if stored == "bfloat16" else "float32"),
+    remat=remat,
+  )
   cfg = ModelConfig.from_hf_dict(hf, **overrides)
   files = safetensors_files(model_dir)
 
@@ -237,22 +260,28 @@ def _ours_to_hf(path: str) -> tuple[str, int]:
   i, rest = parts[1], ".".join(parts[2:])
   prefix = f"model.layers.{i}."
   table = {
-      "attn_norm.scale": ("input_layernorm.weight", 0),
-      "mlp_norm.scale": ("post_attention_layernorm.weight", 0),
-      "attn.q": ("self_attn.q_proj.weight", 1), "attn.k": ("self_attn.k_proj.weight", 1),
-      "attn.v": ("self_attn.v_proj.weight", 1), "attn.o": ("self_attn.o_proj.weight", 2),
-      "attn.q_bias": ("self_attn.q_proj.bias", 0), "attn.k_bias": ("self_attn.k_proj.bias", 0),
-      "attn.v_bias": ("self_attn.v_proj.bias", 0),
-      "attn.q_norm.scale": ("self_attn.q_norm.weight", 0), "attn.k_norm.scale": ("self_attn.k_norm.weight", 0),
-      "mlp.gate": ("mlp.gate_proj.weight", 1), "mlp.up": ("mlp.up_proj.weight", 1),
-      "mlp.down": ("mlp.down_proj.weight", 1),
+    "attn_norm.scale": ("input_layernorm.weight", 0),
+    "mlp_norm.scale": ("post_attention_layernorm.weight", 0),
+    "attn.q": ("self_attn.q_proj.weight", 1),
+    "attn.k": ("self_attn.k_proj.weight", 1),
+    "attn.v": ("self_attn.v_proj.weight", 1),
+    "attn.o": ("self_attn.o_proj.weight", 2),
+    "attn.q_bias": ("self_attn.q_proj.bias", 0),
+    "attn.k_bias": ("self_attn.k_proj.bias", 0),
+    "attn.v_bias": ("self_attn.v_proj.bias", 0),
+    "attn.q_norm.scale": ("self_attn.q_norm.weight", 0),
+    "attn.k_norm.scale": ("self_attn.k_norm.weight", 0),
+    "mlp.gate": ("mlp.gate_proj.weight", 1),
+    "mlp.up": ("mlp.up_proj.weight", 1),
+    "mlp.down": ("mlp.down_proj.weight", 1),
   }
   name, n_in = table[rest]
   return prefix + name, n_in
 
 
-def export_hf(model: Decoder, out_dir: str, tokenizer=None, generation_config: dict | None = None,
-              dtype: str | None = None) -> None:
+def export_hf(
+  model: Decoder, out_dir: str, tokenizer=None, generation_config: dict | None = None, dtype: str | None = None
+) -> None:
   """Writes config.json, model.safetensors, generation_config.json and tokenizer files."""
   os.makedirs(out_dir, exist_ok=True)
   hf = model.cfg.to_hf_dict()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from opid_jax.model import gguf_io, hf_io, tokenizer as tok
 from opid_jax.model.config import ModelConfig
@@ -20,18 +19,23 @@ class LoadedModel:
   source: str  # the local folder or file the weights came from
 
 
-def load(path: str, *, dtype: str | None = None, param_dtype: str | None = None, remat: bool = False,
-         shardings=None, with_tokenizer: bool = True) -> LoadedModel:
+def load(
+  path: str,
+  *,
+  dtype: str | None = None,
+  param_dtype: str | None = None,
+  remat: bool = False,
+  shardings=None,
+  with_tokenizer: bool = True,
+) -> LoadedModel:
   if path.endswith(".gguf"):
     model, cfg = gguf_io.load_gguf(path, dtype=dtype, param_dtype=param_dtype, remat=remat, shardings=shardings)
     source, config_dir = path, None
   else:
-    model, cfg, source = hf_io.load_hf(path, dtype=dtype, param_dtype=param_dtype, remat=remat,
-                                       shardings=shardings)
+    model, cfg, source = hf_io.load_hf(path, dtype=dtype, param_dtype=param_dtype, remat=remat, shardings=shardings)
     config_dir = source
   tokenizer = tok.load_tokenizer(source) if with_tokenizer else None
-  stops = tok.stop_ids(tokenizer, config_dir) if tokenizer is not None else \
-      [int(i) for i in _eos_from_config(cfg)]
+  stops = tok.stop_ids(tokenizer, config_dir) if tokenizer is not None else [int(i) for i in _eos_from_config(cfg)]
   pad = tok.pad_id(tokenizer, stops) if tokenizer is not None else stops[0]
   return LoadedModel(model, cfg, tokenizer, stops, pad, source)
 

@@ -15,10 +15,10 @@ _TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 def load_tokenizer(path: str):
   """An HF tokenizer from a model folder or from a .gguf file."""
   from transformers import AutoTokenizer
+
   try:
     if path.endswith(".gguf"):
-      return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                           gguf_file=os.path.basename(path))
+      return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)), gguf_file=os.path.basename(path))
     return AutoTokenizer.from_pretrained(path)
   except Exception as e:
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -60,8 +60,9 @@ def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = T
   """The chat template applied to messages (Qwen3: thinking disabled)."""
   if not tokenizer.chat_template:
     raise UserError("this tokenizer has no chat template; use a plain prompt instead")
-  return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                       enable_thinking=False)
+  return tokenizer.apply_chat_template(
+    messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
+  )
 
 
 def encode(tokenizer, text: str) -> list[int]:

@@ -36,8 +36,9 @@ def _managed_cluster() -> bool:
   return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or 1) > 1
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> bool:
+def initialize(
+  coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
   """Starts jax.distributed when this is one process of several; returns whether it did.
 
   Explicit arguments win, then JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, then JAX's
@@ -54,13 +55,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if count == 1:
       return False
     if address is None or count is None or index is None:
-      raise UserError(f"multi-process start needs all of coordinator address ({address}), number of processes "
-                      f"({count}) and process id ({index})")
+      raise UserError(
+        f"multi-process start needs all of coordinator address ({address}), number of processes "
+        f"({count}) and process id ({index})"
+      )
     if not 0 <= index < count:
       raise UserError(f"process id {index} is outside [0, {count})")
     jax.distributed.initialize(address, num_processes=count, process_id=index)
-  log.warning("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
-              jax.process_count(), jax.local_device_count(), jax.device_count())
+  log.warning(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return True
 
 
@@ -88,13 +96,14 @@ def allgather_objects(value: Any) -> list[Any]:
   if jax.process_count() == 1:
     return [value]
   from jax.experimental import multihost_utils
+
   payload = np.frombuffer(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
   sizes = multihost_utils.process_allgather(np.array([payload.size], np.int64))
   # Power-of-two lengths: the gather compiles once per size, and payload sizes change every call.
   padded = np.zeros(1 << max(10, int(sizes.max() - 1).bit_length()), np.uint8)
-  padded[:payload.size] = payload
+  padded[: payload.size] = payload
   gathered = multihost_utils.process_allgather(padded)
-  return [pickle.loads(row[:int(n)].tobytes()) for row, n in zip(gathered, sizes.reshape(-1))]
+  return [pickle.loads(row[: int(n)].tobytes()) for row, n in zip(gathered, sizes.reshape(-1))]
 
 
 def concat_across_processes(items: Sequence[Any]) -> list[Any]:
@@ -106,11 +115,14 @@ def fetch(tree):
   """jax.device_get that also works for arrays spanning other processes' devices (gathered everywhere)."""
   if jax.process_count() == 1:
     return jax.device_get(tree)
+
   def one(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       from jax.experimental import multihost_utils
+
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return jax.device_get(x)
+
   return jax.tree.map(one, tree)
 
 
@@ -120,8 +132,12 @@ def global_array(value: np.ndarray, sharding: jax.sharding.NamedSharding, batch_
   if jax.process_count() == 1:
     return jax.device_put(value, sharding)
   size = value.shape[batch_dim]
-  spans = sorted({(idx[batch_dim].start or 0, size if idx[batch_dim].stop is None else idx[batch_dim].stop)
-                  for idx in sharding.addressable_devices_indices_map(value.shape).values()})
+  spans = sorted(
+    {
+      (idx[batch_dim].start or 0, size if idx[batch_dim].stop is None else idx[batch_dim].stop)
+      for idx in sharding.addressable_devices_indices_map(value.shape).values()
+    }
+  )
   lo, hi = spans[0][0], max(stop for _, stop in spans)
   reach = lo
   for start, stop in spans:
@@ -174,5 +190,5 @@ class Lockstep:
       return None
     everything = [item for _, part in parts for item in part]
     results = self._fn(everything)
-    start = sum(len(part) for _, part in parts[:jax.process_index()])
-    return results[start:start + len(items)]
+    start = sum(len(part) for _, part in parts[: jax.process_index()])
+    return results[start : start + len(items)]

@@ -26,9 +26,9 @@ from opid_jax.model.config import ModelConfig
 from opid_jax.model.decoder import abstract_model
 from opid_jax.parallel import mesh as mesh_lib
 
-GIB = 1024 ** 3
+GIB = 1024**3
 # Memory per chip/GPU in bytes, and the share of it a plan may fill (the rest: XLA workspace, fragmentation).
-DEVICES = {"v5e": 16 * GIB, "v4": 32 * GIB, "v5p": 95 * GIB, "h100": 80 * GIB, "h200": 141 * 10 ** 9}
+DEVICES = {"v5e": 16 * GIB, "v4": 32 * GIB, "v5p": 95 * GIB, "h100": 80 * GIB, "h200": 141 * 10**9}
 USABLE = 0.9
 LOGIT_CHUNK = 64
 
@@ -36,6 +36,7 @@ LOGIT_CHUNK = 64
 @dataclasses.dataclass(frozen=True)
 class Workload:
   """The sizes of a run that matter for memory."""
+
   rollout_batch: int  # tasks_per_batch * group_size: sequences decoded together
   max_length: int  # max_prompt_tokens + max_new_tokens
   micro_batch: int  # update rows per forward/backward pass (global)
@@ -60,9 +61,15 @@ class Plan:
     return resident + max(self.grads + self.activations, self.kv_cache)
 
   def rows(self) -> list[tuple[str, int]]:
-    return [("params", self.params), ("grads", self.grads), ("optimizer (AdamW mu+nu)", self.optimizer),
-            ("reference params", self.reference), ("rollout KV cache", self.kv_cache),
-            ("activations (1 micro-batch)", self.activations), ("total", self.total)]
+    return [
+      ("params", self.params),
+      ("grads", self.grads),
+      ("optimizer (AdamW mu+nu)", self.optimizer),
+      ("reference params", self.reference),
+      ("rollout KV cache", self.kv_cache),
+      ("activations (1 micro-batch)", self.activations),
+      ("total", self.total),
+    ]
 
 
 def abstract_mesh(sizes: dict[str, int]) -> AbstractMesh:
@@ -118,9 +125,15 @@ def plan(cfg: ModelConfig, work: Workload, sizes: dict[str, int], rules, params=
   mesh = abstract_mesh(sizes)
   params = abstract_params(cfg) if params is None else params
   p = sharded_param_bytes(params, mesh, rules, cfg.param_dtype)
-  return Plan(mesh=dict(sizes), params=p, grads=p, optimizer=2 * sharded_param_bytes(params, mesh, rules, "float32"),
-              reference=p if work.with_reference else 0, kv_cache=kv_cache_bytes(cfg, work, mesh, rules),
-              activations=activation_bytes(cfg, work, mesh, rules))
+  return Plan(
+    mesh=dict(sizes),
+    params=p,
+    grads=p,
+    optimizer=2 * sharded_param_bytes(params, mesh, rules, "float32"),
+    reference=p if work.with_reference else 0,
+    kv_cache=kv_cache_bytes(cfg, work, mesh, rules),
+    activations=activation_bytes(cfg, work, mesh, rules),
+  )
 
 
 def candidate_meshes(num_devices: int, max_tensor: int = 8) -> list[dict[str, int]]:
@@ -132,8 +145,9 @@ def candidate_meshes(num_devices: int, max_tensor: int = 8) -> list[dict[str, in
   return sorted(meshes, key=lambda m: (-m["data"], m["tensor"], m["fsdp"]))
 
 
-def suggest(cfg: ModelConfig, work: Workload, num_devices: int, device_bytes: int, rules,
-            mini_batch: int) -> tuple[Plan, int] | None:
+def suggest(
+  cfg: ModelConfig, work: Workload, num_devices: int, device_bytes: int, rules, mini_batch: int
+) -> tuple[Plan, int] | None:
   """The first mesh (in `candidate_meshes` order) that fits with the largest micro-batch that still fits.
 
   Micro-batches are multiples of the data-parallel size that divide the mini-batch; None when nothing fits.

@@ -27,8 +27,9 @@ def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
       raise UserError(f"mesh: {num_devices} devices are not divisible by the fixed axes' product {fixed}")
     shape[fills[0]] = num_devices // fixed
   if int(np.prod(shape)) != num_devices:
-    raise UserError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
-                    f"but {num_devices} are available")
+    raise UserError(
+      f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, but {num_devices} are available"
+    )
   return tuple(shape)
 
 
@@ -56,14 +57,14 @@ def variable_sharding(var: nnx.Variable, mesh: Mesh, rules) -> NamedSharding:
 
 
 def param_shardings(state, mesh: Mesh, rules) -> object:
-  return jax.tree.map(lambda v: variable_sharding(v, mesh, rules), state,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map(lambda v: variable_sharding(v, mesh, rules), state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def shard_params(state, mesh: Mesh, rules):
   shardings = param_shardings(state, mesh, rules)
-  return jax.tree.map(lambda v, s: v.replace(jax.device_put(v[...], s)), state, shardings,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return jax.tree.map(
+    lambda v, s: v.replace(jax.device_put(v[...], s)), state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable)
+  )
 
 
 def batch_axes(rules) -> tuple[str, ...]:

@@ -18,8 +18,15 @@ def step_scores(episode_returns: np.ndarray, valid: np.ndarray, invalid_penalty:
   return np.asarray(episode_returns, np.float64) - invalid_penalty * (~np.asarray(valid, bool))
 
 
-def group_advantages(scores: np.ndarray, group_ids: np.ndarray, traj_ids: np.ndarray, *,
-                     norm: str = "mean_std", stats: str = "steps", eps: float = 1e-6) -> np.ndarray:
+def group_advantages(
+  scores: np.ndarray,
+  group_ids: np.ndarray,
+  traj_ids: np.ndarray,
+  *,
+  norm: str = "mean_std",
+  stats: str = "steps",
+  eps: float = 1e-6,
+) -> np.ndarray:
   """Per-sample episode advantage A_ep.
 
   stats="steps": mean and std over every step sample of the group (longer trajectories weigh more).
@@ -60,8 +67,9 @@ def total_advantages(episode_adv: np.ndarray, skill_adv: Sequence[np.ndarray], l
   return [a + lambda_skill * s for a, s in zip(episode_adv, skill_adv)]
 
 
-def advantage_metrics(episode_adv: np.ndarray, skill_adv: Sequence[np.ndarray], has_skill: np.ndarray,
-                      lambda_skill: float) -> dict[str, float]:
+def advantage_metrics(
+  episode_adv: np.ndarray, skill_adv: Sequence[np.ndarray], has_skill: np.ndarray, lambda_skill: float
+) -> dict[str, float]:
   """Skill coverage, A_skill statistics over skilled tokens, and its share of the total |advantage|."""
   has_skill = np.asarray(has_skill, bool)
   lengths = np.array([len(s) for s in skill_adv])
@@ -70,9 +78,9 @@ def advantage_metrics(episode_adv: np.ndarray, skill_adv: Sequence[np.ndarray], 
   skill_mass = float(lambda_skill * sum(np.abs(s).sum() for s in skill_adv))
   total = ep_mass + skill_mass
   return {
-      "adv/skill_coverage": float(has_skill.mean()) if len(has_skill) else 0.0,
-      "adv/skill_mean": float(skilled.mean()) if skilled.size else 0.0,
-      "adv/skill_std": float(skilled.std()) if skilled.size else 0.0,
-      "adv/skill_share": skill_mass / total if total > 0 else 0.0,
-      "adv/episode_abs_mean": float(np.abs(episode_adv).mean()) if len(episode_adv) else 0.0,
+    "adv/skill_coverage": float(has_skill.mean()) if len(has_skill) else 0.0,
+    "adv/skill_mean": float(skilled.mean()) if skilled.size else 0.0,
+    "adv/skill_std": float(skilled.std()) if skilled.size else 0.0,
+    "adv/skill_share": skill_mass / total if total > 0 else 0.0,
+    "adv/episode_abs_mean": float(np.abs(episode_adv).mean()) if len(episode_adv) else 0.0,
   }

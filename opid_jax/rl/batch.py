@@ -23,18 +23,19 @@ class StepSample:
   ref_logp: np.ndarray | None = None
 
 
-def pad_samples(samples: Sequence[StepSample], rows: int, prompt_len: int, response_len: int, pad_id: int,
-                with_ref: bool) -> dict[str, np.ndarray]:
+def pad_samples(
+  samples: Sequence[StepSample], rows: int, prompt_len: int, response_len: int, pad_id: int, with_ref: bool
+) -> dict[str, np.ndarray]:
   """[rows, ...] arrays; rows beyond len(samples) are padding with an all-zero response mask."""
   p_ids, p_mask = padding.pad_left([s.prompt_ids for s in samples], prompt_len, rows, pad_id)
-  p_mask[len(samples):, -1] = True  # filler rows hold one real prompt token so every row is well defined
+  p_mask[len(samples) :, -1] = True  # filler rows hold one real prompt token so every row is well defined
   r_ids, r_mask = padding.pad_right([s.response_ids for s in samples], response_len, rows, pad_id)
   out = {"prompt_ids": p_ids, "prompt_mask": p_mask, "response_ids": r_ids, "response_mask": r_mask}
   fields = ["old_logp", "advantages"] + (["ref_logp"] if with_ref else [])
   for name in fields:
     arr = np.zeros((rows, response_len), np.float32)
     for i, s in enumerate(samples):
-      arr[i, :len(s.response_ids)] = getattr(s, name)
+      arr[i, : len(s.response_ids)] = getattr(s, name)
     out[name] = arr
   return out
 
@@ -45,9 +46,15 @@ def shuffled_minibatches(samples: Sequence[StepSample], mini_batch_size: int, se
   return [[samples[i] for i in order[start:stop]] for start, stop in padding.chunks(len(order), mini_batch_size)]
 
 
-def stacked_micro_batches(part: Sequence[StepSample], *, micro_batch_size: int, pad_id: int,
-                          prompt_buckets: Sequence[int], response_buckets: Sequence[int],
-                          with_ref: bool = False) -> dict[str, np.ndarray]:
+def stacked_micro_batches(
+  part: Sequence[StepSample],
+  *,
+  micro_batch_size: int,
+  pad_id: int,
+  prompt_buckets: Sequence[int],
+  response_buckets: Sequence[int],
+  with_ref: bool = False,
+) -> dict[str, np.ndarray]:
   """One mini-batch padded to one (prompt, response) bucket, as [num_micro, micro_batch_size, ...] arrays."""
   num_micro = -(-len(part) // micro_batch_size)
   rows = num_micro * micro_batch_size
@@ -57,9 +64,15 @@ def stacked_micro_batches(part: Sequence[StepSample], *, micro_batch_size: int, 
   return {k: v.reshape(num_micro, micro_batch_size, *v.shape[1:]) for k, v in flat.items()}
 
 
-def length_sorted_micro_batches(part: Sequence[StepSample], *, micro_batch_size: int, pad_id: int,
-                                prompt_buckets: Sequence[int], response_buckets: Sequence[int],
-                                with_ref: bool = False) -> list[dict[str, np.ndarray]]:
+def length_sorted_micro_batches(
+  part: Sequence[StepSample],
+  *,
+  micro_batch_size: int,
+  pad_id: int,
+  prompt_buckets: Sequence[int],
+  response_buckets: Sequence[int],
+  with_ref: bool = False,
+) -> list[dict[str, np.ndarray]]:
   """One mini-batch as micro-batches of similar prompt length, each padded to its own buckets ([micro_batch_size,
   ...] arrays). Together they hold exactly the mini-batch; only the padding shrinks (long prompts no longer pad
   every row of the mini-batch)."""
@@ -73,11 +86,27 @@ def length_sorted_micro_batches(part: Sequence[StepSample], *, micro_batch_size:
   return micros
 
 
-def minibatches(samples: Sequence[StepSample], *, mini_batch_size: int, micro_batch_size: int, seed: int,
-                pad_id: int, prompt_buckets: Sequence[int], response_buckets: Sequence[int],
-                with_ref: bool = False) -> list[dict[str, np.ndarray]]:
+def minibatches(
+  samples: Sequence[StepSample],
+  *,
+  mini_batch_size: int,
+  micro_batch_size: int,
+  seed: int,
+  pad_id: int,
+  prompt_buckets: Sequence[int],
+  response_buckets: Sequence[int],
+  with_ref: bool = False,
+) -> list[dict[str, np.ndarray]]:
   """Shuffles (by seed), cuts into mini-batches (one optimizer step each), pads each mini-batch to one
   (prompt, response) bucket, and shapes arrays as [num_micro, micro_batch_size, ...]."""
-  return [stacked_micro_batches(part, micro_batch_size=micro_batch_size, pad_id=pad_id,
-                                prompt_buckets=prompt_buckets, response_buckets=response_buckets, with_ref=with_ref)
-          for part in shuffled_minibatches(samples, mini_batch_size, seed)]
+  return [
+    stacked_micro_batches(
+      part,
+      micro_batch_size=micro_batch_size,
+      pad_id=pad_id,
+      prompt_buckets=prompt_buckets,
+      response_buckets=response_buckets,
+      with_ref=with_ref,
+    )
+    for part in shuffled_minibatches(samples, mini_batch_size, seed)
+  ]

@@ -25,9 +25,23 @@ def kl_penalty(logp, ref_logp, estimator: str = "k3", clamp: float = 10.0):
   return jnp.clip(kl, -clamp, clamp)
 
 
-def ppo_loss(logp, old_logp, advantages, mask, token_count, *, clip_low: float = 0.2, clip_high: float = 0.2,
-             dual_clip: float = 0.0, ref_logp=None, kl_coef: float = 0.0, kl_estimator: str = "k3",
-             kl_clamp: float = 10.0, entropy=None, entropy_coef: float = 0.0):
+def ppo_loss(
+  logp,
+  old_logp,
+  advantages,
+  mask,
+  token_count,
+  *,
+  clip_low: float = 0.2,
+  clip_high: float = 0.2,
+  dual_clip: float = 0.0,
+  ref_logp=None,
+  kl_coef: float = 0.0,
+  kl_estimator: str = "k3",
+  kl_clamp: float = 10.0,
+  entropy=None,
+  entropy_coef: float = 0.0,
+):
   """Returns (loss, metric sums). All token arrays are [batch, length]; `token_count` is the number of valid
   tokens in the whole mini-batch. Metric sums are divided by the same count (so they accumulate too)."""
   mask = mask.astype(jnp.float32)
@@ -41,9 +55,9 @@ def ppo_loss(logp, old_logp, advantages, mask, token_count, *, clip_low: float =
     pg = jnp.where(advantages < 0, jnp.minimum(pg, -advantages * dual_clip), pg)
   loss_tokens = pg
   metrics = {
-      "ppo/pg_loss": jnp.sum(pg * mask) / denom,
-      "ppo/clip_frac": jnp.sum((clipped > unclipped) * mask) / denom,
-      "ppo/approx_kl": jnp.sum(0.5 * jnp.square(log_ratio) * mask) / denom,
+    "ppo/pg_loss": jnp.sum(pg * mask) / denom,
+    "ppo/clip_frac": jnp.sum((clipped > unclipped) * mask) / denom,
+    "ppo/approx_kl": jnp.sum(0.5 * jnp.square(log_ratio) * mask) / denom,
   }
   if ref_logp is not None and kl_coef > 0:
     kl = kl_penalty(logp, ref_logp, kl_estimator, kl_clamp)

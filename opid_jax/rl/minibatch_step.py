@@ -11,8 +11,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from opid_jax.parallel import distributed, mesh as mesh_lib
-from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import update
+from opid_jax.rl import batch as batch_lib, update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,15 +26,31 @@ class BatchLayout:
 
 
 def _shard(arrays: dict, layout: BatchLayout, batch_dim: int) -> dict:
-  return {k: distributed.global_array(v, mesh_lib.batch_sharding(layout.mesh, layout.rules, v.ndim,
-                                                                 batch_dim=batch_dim), batch_dim=batch_dim)
-          for k, v in arrays.items()}
+  return {
+    k: distributed.global_array(
+      v, mesh_lib.batch_sharding(layout.mesh, layout.rules, v.ndim, batch_dim=batch_dim), batch_dim=batch_dim
+    )
+    for k, v in arrays.items()
+  }
 
 
-def optimizer_step(state: update.TrainState, part: Sequence[batch_lib.StepSample], layout: BatchLayout, *, graphdef,
-                   tx, cfg: update.LossConfig, with_ref: bool = False):
-  kwargs = dict(micro_batch_size=layout.micro_batch_size, pad_id=layout.pad_id,
-                prompt_buckets=layout.prompt_buckets, response_buckets=layout.response_buckets, with_ref=with_ref)
+def optimizer_step(
+  state: update.TrainState,
+  part: Sequence[batch_lib.StepSample],
+  layout: BatchLayout,
+  *,
+  graphdef,
+  tx,
+  cfg: update.LossConfig,
+  with_ref: bool = False,
+):
+  kwargs = dict(
+    micro_batch_size=layout.micro_batch_size,
+    pad_id=layout.pad_id,
+    prompt_buckets=layout.prompt_buckets,
+    response_buckets=layout.response_buckets,
+    with_ref=with_ref,
+  )
   if layout.bucketed:
     micros = [_shard(m, layout, 0) for m in batch_lib.length_sorted_micro_batches(part, **kwargs)]
     return update.train_step_micro_batches(state, micros, graphdef=graphdef, tx=tx, cfg=cfg)

@@ -45,8 +45,9 @@ def flatten_steps(trajectories: Sequence[Trajectory]) -> list[tuple[Trajectory, 
   return [(t, s) for t in trajectories for s in t.steps]
 
 
-def skill_prompt_ids(trajectories: Sequence[Trajectory], analyses: Sequence[Any] | None, tokenizer,
-                     settings: OpidSettings) -> list[list[int] | None]:
+def skill_prompt_ids(
+  trajectories: Sequence[Trajectory], analyses: Sequence[Any] | None, tokenizer, settings: OpidSettings
+) -> list[list[int] | None]:
   """Per flattened step: the token ids of the skill-augmented prompt, or None (no skill for that step)."""
   by_traj = {a.traj_id: a for a in (analyses or [])}
   out: list[list[int] | None] = []
@@ -59,13 +60,24 @@ def skill_prompt_ids(trajectories: Sequence[Trajectory], analyses: Sequence[Any]
         out.append(None)
       else:
         chat = prompt_lib.to_chat_text(tokenizer, augmented)
-        out.append(prompt_lib.tokenize_prompt(tokenizer, chat, settings.max_prompt_tokens, settings.truncation_side,
-                                              what="skill-augmented prompt"))
+        out.append(
+          prompt_lib.tokenize_prompt(
+            tokenizer, chat, settings.max_prompt_tokens, settings.truncation_side, what="skill-augmented prompt"
+          )
+        )
   return out
 
 
-def build_samples(trajectories: Sequence[Trajectory], *, score: ScoreFn, params, ref_params, tokenizer,
-                  settings: OpidSettings, analysis_handle=None) -> tuple[list[StepSample], dict[str, float]]:
+def build_samples(
+  trajectories: Sequence[Trajectory],
+  *,
+  score: ScoreFn,
+  params,
+  ref_params,
+  tokenizer,
+  settings: OpidSettings,
+  analysis_handle=None,
+) -> tuple[list[StepSample], dict[str, float]]:
   """Scores every step sample and computes A = A_ep + lambda * A_skill per token."""
   steps = flatten_steps(trajectories)
   if not steps:
@@ -95,16 +107,25 @@ def build_samples(trajectories: Sequence[Trajectory], *, score: ScoreFn, params,
   returns = np.array([t.episode_return for t, _ in steps])
   valid = np.array([s.valid for _, s in steps])
   scores = adv.step_scores(returns, valid, settings.invalid_penalty)
-  a_ep = adv.group_advantages(scores, np.array([t.group_id for t, _ in steps]),
-                              np.array([t.traj_id for t, _ in steps]), norm=settings.adv_norm,
-                              stats=settings.group_stats)
+  a_ep = adv.group_advantages(
+    scores,
+    np.array([t.group_id for t, _ in steps]),
+    np.array([t.traj_id for t, _ in steps]),
+    norm=settings.adv_norm,
+    stats=settings.group_stats,
+  )
   a_skill = adv.skill_advantages(logp_skill, logp_old)
   total = adv.total_advantages(a_ep, a_skill, settings.lambda_skill)
   samples = [
-      StepSample(prompt_ids=list(p), response_ids=list(r), old_logp=np.asarray(lo, np.float32),
-                 advantages=np.asarray(a, np.float32),
-                 ref_logp=None if logp_ref is None else np.asarray(logp_ref[i], np.float32))
-      for i, (p, r, lo, a) in enumerate(zip(prompts, responses, logp_old, total))]
+    StepSample(
+      prompt_ids=list(p),
+      response_ids=list(r),
+      old_logp=np.asarray(lo, np.float32),
+      advantages=np.asarray(a, np.float32),
+      ref_logp=None if logp_ref is None else np.asarray(logp_ref[i], np.float32),
+    )
+    for i, (p, r, lo, a) in enumerate(zip(prompts, responses, logp_old, total))
+  ]
   has_skill = np.array([lp is not None for lp in logp_skill])
   metrics = adv.advantage_metrics(a_ep, a_skill, has_skill, settings.lambda_skill)
   metrics["samples"] = len(samples)

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from opid_jax.errors import UserError
 from opid_jax.batching import padding, prompt_length
+from opid_jax.errors import UserError
 from opid_jax.model.decoder import Decoder, positions_from_mask
 from opid_jax.parallel.distributed import fetch  # gathers outputs that span several hosts
 
@@ -37,8 +37,17 @@ def _chunk_logprobs(hidden, targets, project, temperature, with_entropy):
   return logp, log_z - jnp.sum(probs * logits, axis=-1)
 
 
-def token_logprobs(model: Decoder, prompt_ids, prompt_mask, response_ids, response_mask, *,
-                   temperature: float | jax.Array = 1.0, chunk_size: int = 64, with_entropy: bool = False):
+def token_logprobs(
+  model: Decoder,
+  prompt_ids,
+  prompt_mask,
+  response_ids,
+  response_mask,
+  *,
+  temperature: float | jax.Array = 1.0,
+  chunk_size: int = 64,
+  with_entropy: bool = False,
+):
   """Pure and differentiable. prompt_*: [B, P] left-padded; response_*: [B, R] right-padded.
 
   Returns (logp, entropy), each [B, R] float32, zero where response_mask is 0 (entropy zero without
@@ -48,7 +57,7 @@ def token_logprobs(model: Decoder, prompt_ids, prompt_mask, response_ids, respon
   tokens = jnp.concatenate([prompt_ids, response_ids], axis=1)
   mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(bool)
   hidden, _ = model(tokens, positions_from_mask(mask), mask)
-  hidden = hidden[:, prompt_len - 1: prompt_len + resp_len - 1]  # position t predicts token t + 1
+  hidden = hidden[:, prompt_len - 1 : prompt_len + resp_len - 1]  # position t predicts token t + 1
   chunk = min(chunk_size, resp_len)
   if resp_len % chunk:
     raise ValueError(f"response length {resp_len} is not a multiple of the chunk size {chunk}")
@@ -70,12 +79,30 @@ def token_logprobs(model: Decoder, prompt_ids, prompt_mask, response_ids, respon
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk_size", "with_entropy"))
-def score_arrays(graphdef, params, prompt_ids, prompt_mask, response_ids, response_mask, temperature, *,
-                 chunk_size: int, with_entropy: bool):
+def score_arrays(
+  graphdef,
+  params,
+  prompt_ids,
+  prompt_mask,
+  response_ids,
+  response_mask,
+  temperature,
+  *,
+  chunk_size: int,
+  with_entropy: bool,
+):
   TRACE_COUNTS["score"] += 1
   model = nnx.merge(graphdef, params)
-  return token_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask,
-                        temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
+  return token_logprobs(
+    model,
+    prompt_ids,
+    prompt_mask,
+    response_ids,
+    response_mask,
+    temperature=temperature,
+    chunk_size=chunk_size,
+    with_entropy=with_entropy,
+  )
 
 
 @dataclasses.dataclass
@@ -87,10 +114,17 @@ class ScoreOutput:
 class Scorer:
   """Host-side front end: buckets, micro-batches, truncation, arrays back to per-row numpy."""
 
-  def __init__(self, model: Decoder, pad_id: int, *, micro_batch: int = 8, chunk_size: int = 64,
-               prompt_buckets: Sequence[int] = padding.DEFAULT_PROMPT_BUCKETS,
-               response_buckets: Sequence[int] = DEFAULT_RESPONSE_BUCKETS,
-               truncate_left: bool = False):
+  def __init__(
+    self,
+    model: Decoder,
+    pad_id: int,
+    *,
+    micro_batch: int = 8,
+    chunk_size: int = 64,
+    prompt_buckets: Sequence[int] = padding.DEFAULT_PROMPT_BUCKETS,
+    response_buckets: Sequence[int] = DEFAULT_RESPONSE_BUCKETS,
+    truncate_left: bool = False,
+  ):
     self.graphdef, self.params = nnx.split(model)
     self.pad_id = int(pad_id)
     self.micro_batch = micro_batch
@@ -102,8 +136,15 @@ class Scorer:
   def set_params(self, params) -> None:
     self.params = params
 
-  def score(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], *,
-            temperature: float = 1.0, with_entropy: bool = False, params=None) -> ScoreOutput:
+  def score(
+    self,
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    params=None,
+  ) -> ScoreOutput:
     if len(prompts) != len(responses):
       raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if any(len(p) == 0 for p in prompts):
@@ -120,10 +161,19 @@ class Scorer:
       p_len = padding.bucket_for(max(len(p) for p in part_p), self.prompt_buckets, "prompt length")
       r_len = padding.bucket_for(max(max(len(r) for r in part_r), 1), self.response_buckets, "response length")
       p_ids, p_mask = padding.pad_left(part_p, p_len, self.micro_batch, self.pad_id)
-      p_mask[len(rows):, -1] = True  # filler rows get one real token so every row is well defined
+      p_mask[len(rows) :, -1] = True  # filler rows get one real token so every row is well defined
       r_ids, r_mask = padding.pad_right(part_r, r_len, self.micro_batch, self.pad_id)
-      lp, ent = score_arrays(self.graphdef, params, p_ids, p_mask, r_ids, r_mask, jnp.float32(temperature),
-                             chunk_size=min(self.chunk_size, r_len), with_entropy=with_entropy)
+      lp, ent = score_arrays(
+        self.graphdef,
+        params,
+        p_ids,
+        p_mask,
+        r_ids,
+        r_mask,
+        jnp.float32(temperature),
+        chunk_size=min(self.chunk_size, r_len),
+        with_entropy=with_entropy,
+      )
       lp, ent = fetch((lp, ent))
       for j, i in enumerate(rows):
         n = len(responses[i])

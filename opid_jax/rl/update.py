@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence, NamedTuple
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,16 +53,27 @@ def learning_rate_schedule(lr: float, warmup_steps: int, schedule: str, total_st
 
 def _decay_mask(params):
   """Weight decay on matrices only: not on norm scales or biases."""
+
   def keep(path, _):
     name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
     parent = str(path[-2].key) if len(path) > 1 and hasattr(path[-2], "key") else ""
     return not (name.endswith("_bias") or name == "scale" or parent == "scale")
+
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(*, lr: float, warmup_steps: int = 0, schedule: str = "constant", total_steps: int = 1,
-                   weight_decay: float = 0.0, grad_clip: float = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
+def make_optimizer(
+  *,
+  lr: float,
+  warmup_steps: int = 0,
+  schedule: str = "constant",
+  total_steps: int = 1,
+  weight_decay: float = 0.0,
+  grad_clip: float = 1.0,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+) -> optax.GradientTransformation:
   sched = learning_rate_schedule(lr, warmup_steps, schedule, total_steps)
   parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
   parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=_decay_mask))
@@ -71,9 +82,17 @@ def make_optimizer(*, lr: float, warmup_steps: int = 0, schedule: str = "constan
 
 def optimizer_from_config(optim, total_steps: int) -> optax.GradientTransformation:
   """The optimizer a config's `optim` block describes, its schedule stretched over `total_steps` updates."""
-  return make_optimizer(lr=optim.lr, warmup_steps=optim.warmup_steps, schedule=optim.schedule,
-                        total_steps=max(1, total_steps), weight_decay=optim.weight_decay,
-                        grad_clip=optim.grad_clip, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+  return make_optimizer(
+    lr=optim.lr,
+    warmup_steps=optim.warmup_steps,
+    schedule=optim.schedule,
+    total_steps=max(1, total_steps),
+    weight_decay=optim.weight_decay,
+    grad_clip=optim.grad_clip,
+    b1=optim.b1,
+    b2=optim.b2,
+    eps=optim.eps,
+  )
 
 
 def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
@@ -82,9 +101,16 @@ def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
 
 def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
   model = nnx.merge(graphdef, params)
-  logp, entropy = token_logprobs(model, micro["prompt_ids"], micro["prompt_mask"], micro["response_ids"],
-                                 micro["response_mask"], temperature=cfg.temperature, chunk_size=cfg.chunk_size,
-                                 with_entropy=cfg.with_entropy or cfg.entropy_coef > 0)
+  logp, entropy = token_logprobs(
+    model,
+    micro["prompt_ids"],
+    micro["prompt_mask"],
+    micro["response_ids"],
+    micro["response_mask"],
+    temperature=cfg.temperature,
+    chunk_size=cfg.chunk_size,
+    with_entropy=cfg.with_entropy or cfg.entropy_coef > 0,
+  )
   entropy = jax.lax.stop_gradient(entropy) if cfg.entropy_coef == 0 else entropy
   if cfg.objective == "nll":
     loss, metrics = nll_loss(logp, micro["response_mask"], token_count)
@@ -92,11 +118,22 @@ def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
       mask = micro["response_mask"].astype(jnp.float32)
       metrics["ppo/entropy"] = jnp.sum(entropy * mask) / jnp.maximum(token_count, 1.0)
     return loss, metrics
-  return ppo_loss(logp, micro["old_logp"], micro["advantages"], micro["response_mask"], token_count,
-                  clip_low=cfg.clip_low, clip_high=cfg.clip_high, dual_clip=cfg.dual_clip,
-                  ref_logp=micro.get("ref_logp"), kl_coef=cfg.kl_coef, kl_estimator=cfg.kl_estimator,
-                  kl_clamp=cfg.kl_clamp, entropy=entropy if cfg.with_entropy or cfg.entropy_coef > 0 else None,
-                  entropy_coef=cfg.entropy_coef)
+  return ppo_loss(
+    logp,
+    micro["old_logp"],
+    micro["advantages"],
+    micro["response_mask"],
+    token_count,
+    clip_low=cfg.clip_low,
+    clip_high=cfg.clip_high,
+    dual_clip=cfg.dual_clip,
+    ref_logp=micro.get("ref_logp"),
+    kl_coef=cfg.kl_coef,
+    kl_estimator=cfg.kl_estimator,
+    kl_clamp=cfg.kl_clamp,
+    entropy=entropy if cfg.with_entropy or cfg.entropy_coef > 0 else None,
+    entropy_coef=cfg.entropy_coef,
+  )
 
 
 def accumulate_gradients(params, graphdef, batch, cfg: LossConfig):
@@ -130,6 +167,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx: optax.GradientTransfor
 # by one jitted call per micro-batch, then one jitted optimizer update. Same result as `train_step` on the same
 # mini-batch (the loss is a token sum over the mini-batch's token count), with less padding.
 
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"), donate_argnames=("acc",))
 def accumulate_micro_batch(acc, params, micro, token_count, *, graphdef, cfg: LossConfig):
   (_, metrics), grads = jax.value_and_grad(micro_batch_loss, has_aux=True)(params, graphdef, micro, token_count, cfg)
@@ -156,12 +194,16 @@ def _replicated(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
 def _zeros_fn(param_shardings: tuple, param_tree, metric_shapes: tuple, metric_tree):
   """A jitted maker of the zero accumulator, laid out like the parameters (gradients) and replicated (metrics):
   made on the devices, so no host scalar is sent and no zero is copied across devices."""
+
   def zeros(params):
     grads = jax.tree.map(jnp.zeros_like, params)
     return grads, jax.tree.unflatten(metric_tree, [jnp.zeros(s.shape, s.dtype) for s in metric_shapes])
+
   replicated = _replicated(param_shardings[0])
-  out_shardings = (jax.tree.unflatten(param_tree, param_shardings),
-                   jax.tree.unflatten(metric_tree, [replicated] * len(metric_shapes)))
+  out_shardings = (
+    jax.tree.unflatten(param_tree, param_shardings),
+    jax.tree.unflatten(metric_tree, [replicated] * len(metric_shapes)),
+  )
   return jax.jit(zeros, out_shardings=out_shardings)
 
 
@@ -169,11 +211,16 @@ def _zero_accumulator(params, graphdef, micro, cfg: LossConfig):
   key = (graphdef, cfg, tuple(sorted(micro)))
   if key not in _METRIC_SHAPES:
     _METRIC_SHAPES[key] = jax.eval_shape(
-        lambda p, m: micro_batch_loss(p, graphdef, m, jnp.float32(1.0), cfg)[1], params, micro)
+      lambda p, m: micro_batch_loss(p, graphdef, m, jnp.float32(1.0), cfg)[1], params, micro
+    )
   leaves, param_tree = jax.tree.flatten(params)
   metric_shapes, metric_tree = jax.tree.flatten(_METRIC_SHAPES[key])
-  make = _zeros_fn(tuple(x.sharding for x in leaves), param_tree,
-                   tuple(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in metric_shapes), metric_tree)
+  make = _zeros_fn(
+    tuple(x.sharding for x in leaves),
+    param_tree,
+    tuple(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in metric_shapes),
+    metric_tree,
+  )
   return make(params)
 
 

@@ -21,6 +21,7 @@ def main(argv):
   config = required_config(_CONFIG, "configs/sft_alfworld_small.py")
   from opid_jax.checkpoint import run_files
   from opid_jax.sft import trainer as sft_trainer
+
   sft_trainer.validate(config)
   quiet_libraries()
   run_files.write_config(config, FLAGS.workdir)

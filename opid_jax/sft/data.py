@@ -19,11 +19,10 @@ import numpy as np
 from opid_jax.agent import prompts as prompt_lib
 from opid_jax.agent.prompts import HistoryEntry
 from opid_jax.envs import alfworld
-from opid_jax.sft.expert_replay import ExpertStep, replay_walkthroughs
 from opid_jax.envs.pool import EnvPool
 from opid_jax.errors import UserError
-from opid_jax.skills import probe as skill_probe
-from opid_jax.skills import routing
+from opid_jax.sft.expert_replay import ExpertStep, replay_walkthroughs
+from opid_jax.skills import probe as skill_probe, routing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +60,9 @@ def select_games(data_dir: str, split: str, num_games: int, seed: int) -> list[s
   return chosen[:num_games] if num_games > 0 else chosen
 
 
-def build_expert_steps(data_dir: str, task_ids: Sequence[str], num_workers: int = 2,
-                       envs_per_worker: int = 8) -> tuple[list[ExpertStep], list[str]]:
+def build_expert_steps(
+  data_dir: str, task_ids: Sequence[str], num_workers: int = 2, envs_per_worker: int = 8
+) -> tuple[list[ExpertStep], list[str]]:
   factory = functools.partial(alfworld.AlfworldEnv, data_dir=data_dir, max_steps=100)
   num_envs = max(1, min(len(task_ids), num_workers * envs_per_worker))
   with EnvPool(factory, num_envs=num_envs, num_workers=num_workers) as pool:
@@ -70,8 +70,9 @@ def build_expert_steps(data_dir: str, task_ids: Sequence[str], num_workers: int 
   return [step for game in games for step in game], dropped
 
 
-def load_or_build(cache_path: str, data_dir: str, split: str, num_games: int, seed: int,
-                  num_workers: int = 2) -> list[ExpertStep]:
+def load_or_build(
+  cache_path: str, data_dir: str, split: str, num_games: int, seed: int, num_workers: int = 2
+) -> list[ExpertStep]:
   """The cached expert steps at `cache_path`, replaying the walkthroughs first when the file is missing."""
   if not os.path.exists(cache_path):
     task_ids = select_games(data_dir, split, num_games, seed)
@@ -103,8 +104,9 @@ def example_prompt(step: ExpertStep, kind: str, history_window: int) -> str:
   return plain if kind == "none" else routing.inject_skill(plain, skill_probe.expert_skills(step)[kind])
 
 
-def tokenize_example(tokenizer, step: ExpertStep, kind: str, history_window: int, end_of_turn_id: int,
-                     max_prompt_tokens: int | None) -> tuple[list[int], list[int]]:
+def tokenize_example(
+  tokenizer, step: ExpertStep, kind: str, history_window: int, end_of_turn_id: int, max_prompt_tokens: int | None
+) -> tuple[list[int], list[int]]:
   """Prompt ids exactly as a rollout makes them; response ids as the policy would sample them (end of turn
   included)."""
   chat = prompt_lib.to_chat_text(tokenizer, example_prompt(step, kind, history_window))

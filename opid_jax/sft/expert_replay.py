@@ -44,8 +44,19 @@ class _Replay:
 def _record(replay: _Replay) -> str:
   action = replay.plan[len(replay.steps)]
   history = tuple(HistoryEntry(s.observation, s.expert_action) for s in replay.steps)
-  replay.steps.append(ExpertStep(replay.task_id, replay.task, replay.task_type, len(replay.steps),
-                                 replay.observation, replay.admissible, history, action, replay.plan))
+  replay.steps.append(
+    ExpertStep(
+      replay.task_id,
+      replay.task,
+      replay.task_type,
+      len(replay.steps),
+      replay.observation,
+      replay.admissible,
+      history,
+      action,
+      replay.plan,
+    )
+  )
   return action
 
 
@@ -75,7 +86,7 @@ def replay_walkthroughs(pool: EnvPool, task_ids: Sequence[str]) -> tuple[list[li
   walkthrough did not win (or whose env failed), which are left out."""
   games, dropped = [], []
   for start in range(0, len(task_ids), pool.num_envs):
-    for replay in replay_wave(pool, task_ids[start:start + pool.num_envs]):
+    for replay in replay_wave(pool, task_ids[start : start + pool.num_envs]):
       if replay.won:
         games.append(replay.steps)
       else:

@@ -22,11 +22,9 @@ from opid_jax.batching import padding
 from opid_jax.errors import UserError
 from opid_jax.model import hf_io
 from opid_jax.parallel import distributed
-from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import minibatch_step, update
+from opid_jax.rl import batch as batch_lib, minibatch_step, update
 from opid_jax.rl.scoring import Scorer
-from opid_jax.sft import data as sft_data
-from opid_jax.sft import small_policy
+from opid_jax.sft import data as sft_data, small_policy
 from opid_jax.skills.probe import end_of_turn_id
 from opid_jax.training import metrics as metrics_lib, scaffold
 
@@ -44,19 +42,26 @@ def prepare_policy(config, workdir: str, steps) -> str:
     p = config.small_policy
     texts = sft_data.corpus_texts(steps, config.data.history_window)
     tokenizer = small_policy.train_tokenizer(texts, p.vocab_size)
-    cfg = small_policy.qwen3_config(tokenizer, hidden_size=p.hidden_size, num_layers=p.num_layers,
-                                    num_heads=p.num_heads, num_kv_heads=p.num_kv_heads, head_dim=p.head_dim,
-                                    intermediate_size=p.intermediate_size)
+    cfg = small_policy.qwen3_config(
+      tokenizer,
+      hidden_size=p.hidden_size,
+      num_layers=p.num_layers,
+      num_heads=p.num_heads,
+      num_kv_heads=p.num_kv_heads,
+      head_dim=p.head_dim,
+      intermediate_size=p.intermediate_size,
+    )
     count = small_policy.write_policy(out, tokenizer, cfg, seed=p.seed)
-    print(f"sft: new policy with {count / 1e6:.2f}M parameters and a {cfg.vocab_size}-token tokenizer at {out}",
-          flush=True)
+    print(
+      f"sft: new policy with {count / 1e6:.2f}M parameters and a {cfg.vocab_size}-token tokenizer at {out}", flush=True
+    )
   return out
 
 
 def split_heldout(steps, heldout_games: int):
   """(train steps, held-out steps): the last `heldout_games` games' steps are held out."""
   games = list(dict.fromkeys(s.task_id for s in steps))
-  held = set(games[len(games) - heldout_games:]) if heldout_games > 0 else set()
+  held = set(games[len(games) - heldout_games :]) if heldout_games > 0 else set()
   return [s for s in steps if s.task_id not in held], [s for s in steps if s.task_id in held]
 
 
@@ -70,8 +75,9 @@ class ExampleMaker:
   def samples(self, steps, kinds) -> list[batch_lib.StepSample]:
     out = []
     for step, kind in zip(steps, kinds):
-      p, r = sft_data.tokenize_example(self.tokenizer, step, kind, self.history_window, self.end_of_turn_id,
-                                       self.max_prompt_tokens)
+      p, r = sft_data.tokenize_example(
+        self.tokenizer, step, kind, self.history_window, self.end_of_turn_id, self.max_prompt_tokens
+      )
       zeros = np.zeros(len(r), np.float32)
       out.append(batch_lib.StepSample(p, r, old_logp=zeros, advantages=zeros))
     return out
@@ -91,9 +97,9 @@ class EpochBatches:
     rng = np.random.RandomState(self.seed * 7919 + epoch)
     order = rng.permutation(len(self.steps))
     kinds = sft_data.skill_kinds(len(order), self.share, rng)
-    chosen = [self.steps[i] for i in order[:self.per_epoch * self.batch_size]]
+    chosen = [self.steps[i] for i in order[: self.per_epoch * self.batch_size]]
     self._samples = self.maker.samples(chosen, kinds)
-    self._kinds = kinds[:len(chosen)]
+    self._kinds = kinds[: len(chosen)]
     self._epoch = epoch
 
   def batch(self, step: int) -> tuple[list[batch_lib.StepSample], list[str]]:
@@ -126,29 +132,50 @@ def train_sft(config, workdir: str) -> dict[str, float]:
   model = scaffold.build_trainable(config, prepare_policy(config, workdir, steps))
   loaded = model.loaded
   prompt_buckets = padding.buckets_up_to(d.max_prompt_tokens, t.prompt_buckets)
-  maker = ExampleMaker(loaded.tokenizer, end_of_turn_id(loaded.tokenizer, loaded.stop_ids), d.history_window,
-                       d.max_prompt_tokens)
+  maker = ExampleMaker(
+    loaded.tokenizer, end_of_turn_id(loaded.tokenizer, loaded.stop_ids), d.history_window, d.max_prompt_tokens
+  )
   share = sft_data.SkillShare(d.skill_share_episode, d.skill_share_step)
   batches = EpochBatches(train_steps, maker, share, t.batch_size, t.seed)
-  scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=t.micro_batch_size, prompt_buckets=prompt_buckets,
-                  response_buckets=t.response_buckets, truncate_left=True)
+  scorer = Scorer(
+    loaded.model,
+    loaded.pad_id,
+    micro_batch=t.micro_batch_size,
+    prompt_buckets=prompt_buckets,
+    response_buckets=t.response_buckets,
+    truncate_left=True,
+  )
   loss_cfg = update.LossConfig(objective="nll", with_entropy=False)
-  layout = minibatch_step.BatchLayout(model.mesh, model.rules, t.micro_batch_size, loaded.pad_id, prompt_buckets,
-                                      t.response_buckets, t.bucket_micro_batches)
+  layout = minibatch_step.BatchLayout(
+    model.mesh,
+    model.rules,
+    t.micro_batch_size,
+    loaded.pad_id,
+    prompt_buckets,
+    t.response_buckets,
+    t.bucket_micro_batches,
+  )
   checkpointer = scaffold.make_checkpointer(config, workdir)
   writer = metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead())
   start, model.state, _ = scaffold.restore_or_start(checkpointer, writer, model.state)
-  print(f"sft: {len(train_steps)} training examples ({batches.per_epoch} batches per epoch), "
-        f"{len(held_steps)} held out", flush=True)
+  print(
+    f"sft: {len(train_steps)} training examples ({batches.per_epoch} batches per epoch), {len(held_steps)} held out",
+    flush=True,
+  )
 
   def sft_step(step: int, timer: metrics_lib.PhaseTimer) -> dict[str, float]:
     samples, kinds = batches.batch(step)
     with timer.phase("update"):
-      model.state, m = minibatch_step.optimizer_step(model.state, samples, layout, graphdef=model.graphdef,
-                                                     tx=model.tx, cfg=loss_cfg)
+      model.state, m = minibatch_step.optimizer_step(
+        model.state, samples, layout, graphdef=model.graphdef, tx=model.tx, cfg=loss_cfg
+      )
       m = {k.replace("ppo/", "sft/"): float(v) for k, v in distributed.fetch(m).items()}
-    metrics = {"loss": m["sft/loss"], **m, "sft/epoch": step / batches.per_epoch,
-               "sft/skill_share": float(np.mean([k != "none" for k in kinds]))}
+    metrics = {
+      "loss": m["sft/loss"],
+      **m,
+      "sft/epoch": step / batches.per_epoch,
+      "sft/skill_share": float(np.mean([k != "none" for k in kinds])),
+    }
     done = step + 1
     if held_steps and t.eval_every and (done % t.eval_every == 0 or done == t.steps):
       with timer.phase("eval"):
@@ -156,16 +183,27 @@ def train_sft(config, workdir: str) -> dict[str, float]:
     return metrics
 
   last, finished = scaffold.checkpointed_loop(
-      model, start=start, steps=t.steps, step_fn=sft_step, checkpointer=checkpointer, writer=writer,
-      host_state=lambda done: {"step": done, "config": config.to_dict()}, desc="sft")
+    model,
+    start=start,
+    steps=t.steps,
+    step_fn=sft_step,
+    checkpointer=checkpointer,
+    writer=writer,
+    host_state=lambda done: {"step": done, "config": config.to_dict()},
+    desc="sft",
+  )
   if finished and distributed.is_lead():
     nnx.update(loaded.model, model.state.params)
     out = os.path.join(workdir, "policy")
-    hf_io.export_hf(loaded.model, out, tokenizer=loaded.tokenizer,
-                    generation_config={"eos_token_id": list(loaded.stop_ids)})
+    hf_io.export_hf(
+      loaded.model, out, tokenizer=loaded.tokenizer, generation_config={"eos_token_id": list(loaded.stop_ids)}
+    )
     with open(os.path.join(workdir, "sft_summary.json"), "w") as f:
-      json.dump({"steps": t.steps, "train_examples": len(train_steps), "heldout_examples": len(held_steps),
-                 "last": last}, f, indent=2)
+      json.dump(
+        {"steps": t.steps, "train_examples": len(train_steps), "heldout_examples": len(held_steps), "last": last},
+        f,
+        indent=2,
+      )
     print(f"sft: policy written to {out}", flush=True)
   return last
 
@@ -173,6 +211,7 @@ def train_sft(config, workdir: str) -> dict[str, float]:
 def validate(config) -> None:
   """One-line errors for an SFT config, before anything is built."""
   from opid_jax.training.config_checks import DTYPES, _at_least, _one_of, validate_optim
+
   _one_of("model.dtype", config.model.dtype, DTYPES)
   _one_of("model.param_dtype", config.model.param_dtype, DTYPES)
   validate_optim(config.optim)
@@ -186,8 +225,10 @@ def validate(config) -> None:
   _at_least("checkpoint.save_every", config.checkpoint.save_every, 1)
   _at_least("data.num_games", d.num_games, 1)
   if not 0 <= d.heldout_games < d.num_games:
-    raise UserError(f"data.heldout_games={d.heldout_games} must be in [0, data.num_games={d.num_games}): "
-                    f"held-out games are never trained on")
+    raise UserError(
+      f"data.heldout_games={d.heldout_games} must be in [0, data.num_games={d.num_games}): "
+      f"held-out games are never trained on"
+    )
   _at_least("data.num_workers", d.num_workers, 1)
   _at_least("data.history_window", d.history_window, 0)
   _at_least("data.max_prompt_tokens", d.max_prompt_tokens, 8)

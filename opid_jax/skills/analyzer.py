@@ -17,9 +17,19 @@ from opid_jax.skills.lenient_json import find_json_object
 from opid_jax.skills.records import AnalysisResult, AnalyzerStats, SkillSet
 
 __all__ = [
-    "AnalysisSpec", "AnalysisResult", "SkillSet", "SkillParseError", "MAX_STEP_SKILLS",
-    "Message", "ChatMany", "discounted_returns", "skip_reason", "build_analysis_messages",
-    "build_repair_messages", "parse_skill_set", "analyze_batch",
+  "AnalysisSpec",
+  "AnalysisResult",
+  "SkillSet",
+  "SkillParseError",
+  "MAX_STEP_SKILLS",
+  "Message",
+  "ChatMany",
+  "discounted_returns",
+  "skip_reason",
+  "build_analysis_messages",
+  "build_repair_messages",
+  "parse_skill_set",
+  "analyze_batch",
 ]
 
 Message = dict[str, str]
@@ -61,9 +71,10 @@ def skip_reason(trajectory: Trajectory) -> str:
 
 
 _SYSTEM_PROMPT = (
-    "You study one finished episode of a language-model agent and distill it into skills: short, "
-    "reusable guidance that would help the same agent act better on this kind of task. "
-    "Answer with one JSON object and nothing else.")
+  "You study one finished episode of a language-model agent and distill it into skills: short, "
+  "reusable guidance that would help the same agent act better on this kind of task. "
+  "Answer with one JSON object and nothing else."
+)
 
 
 def _clip(text: str, limit: int | None) -> str:
@@ -74,30 +85,33 @@ def _clip(text: str, limit: int | None) -> str:
 
 def _format_step(step, step_return: float, spec: AnalysisSpec) -> str:
   malformed = "" if step.valid else " (malformed output: the format was wrong)"
-  return "\n".join([
+  return "\n".join(
+    [
       f"### Step {step.index} (G_{step.index} = {step_return:.4f})",
       "Observation:",
       _clip(step.observation, spec.max_observation_chars),
       "Agent response:",
       step.response_text,
       f"Action sent to the environment: {step.action!r}{malformed}",
-  ])
+    ]
+  )
 
 
 def _outcome_line(trajectory: Trajectory) -> str:
-  verdict = ("SUCCESS: the agent completed the task." if trajectory.won
-             else "FAILURE: the agent did not complete the task.")
-  return (f"{verdict} Episode return: {trajectory.episode_return:g}. "
-          f"Steps taken: {trajectory.length}.")
+  verdict = (
+    "SUCCESS: the agent completed the task." if trajectory.won else "FAILURE: the agent did not complete the task."
+  )
+  return f"{verdict} Episode return: {trajectory.episode_return:g}. Steps taken: {trajectory.length}."
 
 
 def _instructions(trajectory: Trajectory, spec: AnalysisSpec) -> str:
   last = trajectory.length - 1
   if trajectory.won:
-    episode_skill = ("the workflow that worked, as ordered steps the agent can reuse on similar tasks")
+    episode_skill = "the workflow that worked, as ordered steps the agent can reuse on similar tasks"
   else:
-    episode_skill = ("the key mistake to avoid on similar tasks, and what to do instead")
-  return "\n".join([
+    episode_skill = "the key mistake to avoid on similar tasks, and what to do instead"
+  return "\n".join(
+    [
       "## Your answer",
       "Return one JSON object with exactly these keys:",
       '- "episode_summary": two or three sentences on what happened.',
@@ -108,21 +122,24 @@ def _instructions(trajectory: Trajectory, spec: AnalysisSpec) -> str:
       f"or invalid actions. At most {spec.max_step_skills} entries; use {{}} when no step stands out.",
       'Example shape: {"episode_summary": "...", "episode_skill": "...", '
       f'"step_skills": {{"{min(1, last)}": "..."}}}}',
-  ])
+    ]
+  )
 
 
 def build_analysis_messages(trajectory: Trajectory, spec: AnalysisSpec) -> list[Message]:
   """The analyzer request for one finished trajectory (a system and a user message)."""
   returns = discounted_returns([step.reward for step in trajectory.steps], spec.gamma)
   steps = [_format_step(step, g, spec) for step, g in zip(trajectory.steps, returns)]
-  user = "\n\n".join([
+  user = "\n\n".join(
+    [
       f"## Task\n{trajectory.task}",
       f"## Outcome\n{_outcome_line(trajectory)}",
       "## Steps\nEach step shows the observation the agent saw, its full response, the action the "
       f"environment received, and the discounted return G_t from that step on (gamma = {spec.gamma}).",
       *steps,
       _instructions(trajectory, spec),
-  ])
+    ]
+  )
   return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
@@ -132,11 +149,15 @@ _MAX_ECHOED_REPLY_CHARS = 8000
 def build_repair_messages(messages: list[Message], bad_reply: str, problem: str) -> list[Message]:
   """The conversation so far, the unusable reply, and a request to answer again."""
   return [
-      *messages,
-      {"role": "assistant", "content": _clip(bad_reply, _MAX_ECHOED_REPLY_CHARS)},
-      {"role": "user", "content": (
-          f"That answer could not be used ({problem}). Reply again with only one JSON object with the "
-          'keys "episode_summary", "episode_skill" and "step_skills" as described above, no other text.')},
+    *messages,
+    {"role": "assistant", "content": _clip(bad_reply, _MAX_ECHOED_REPLY_CHARS)},
+    {
+      "role": "user",
+      "content": (
+        f"That answer could not be used ({problem}). Reply again with only one JSON object with the "
+        'keys "episode_summary", "episode_skill" and "step_skills" as described above, no other text.'
+      ),
+    },
   ]
 
 
@@ -196,13 +217,14 @@ def parse_skill_set(reply: str, num_steps: int, max_step_skills: int) -> SkillSe
     if len(step_skills) == max_step_skills:
       break
     step_skills[index] = skill
-  return SkillSet(episode_summary=_as_text(answer.get("episode_summary")),
-                  episode_skill=_as_text(answer.get("episode_skill")),
-                  step_skills=step_skills)
+  return SkillSet(
+    episode_summary=_as_text(answer.get("episode_summary")),
+    episode_skill=_as_text(answer.get("episode_skill")),
+    step_skills=step_skills,
+  )
 
 
-def _result_from_skills(traj_id: int, skills: SkillSet, reply: str, stats: AnalyzerStats
-                        ) -> AnalysisResult:
+def _result_from_skills(traj_id: int, skills: SkillSet, reply: str, stats: AnalyzerStats) -> AnalysisResult:
   if not skills.episode_skill:
     stats.add("empty_skills")
     return AnalysisResult(traj_id, None, "empty episode_skill", reply)
@@ -210,8 +232,9 @@ def _result_from_skills(traj_id: int, skills: SkillSet, reply: str, stats: Analy
   return AnalysisResult(traj_id, skills, "", reply)
 
 
-def analyze_batch(trajectories: Sequence[Trajectory], chat_many: ChatMany, spec: AnalysisSpec,
-                  stats: AnalyzerStats) -> list[AnalysisResult]:
+def analyze_batch(
+  trajectories: Sequence[Trajectory], chat_many: ChatMany, spec: AnalysisSpec, stats: AnalyzerStats
+) -> list[AnalysisResult]:
   """Analyzes trajectories in rounds: first requests, then repairs of the unreadable replies.
 
   Results come back in input order; every failure is a result with `skills=None`, never an exception.
@@ -249,7 +272,8 @@ def analyze_batch(trajectories: Sequence[Trajectory], chat_many: ChatMany, spec:
         else:
           stats.add("final_failures")
           results[i] = AnalysisResult(
-              trajectory.traj_id, None, f"unreadable reply after {attempt + 1} tries: {err}", reply)
+            trajectory.traj_id, None, f"unreadable reply after {attempt + 1} tries: {err}", reply
+          )
         continue
       results[i] = _result_from_skills(trajectory.traj_id, skills, reply, stats)
     pending = next_round

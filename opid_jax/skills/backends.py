@@ -18,8 +18,17 @@ from opid_jax.skills.expert_backend import ExpertBackend
 from opid_jax.skills.openai_backend import AnalyzerAPIError, OpenAIBackend
 from opid_jax.skills.records import AnalysisResult, AnalyzerStats
 
-__all__ = ["AnalysisHandle", "AnalyzerAPIError", "AnalyzerBackend", "BACKENDS", "ExpertBackend",
-           "LocalBackend", "NoneBackend", "OpenAIBackend", "make_backend"]
+__all__ = [
+  "AnalysisHandle",
+  "AnalyzerAPIError",
+  "AnalyzerBackend",
+  "BACKENDS",
+  "ExpertBackend",
+  "LocalBackend",
+  "NoneBackend",
+  "OpenAIBackend",
+  "make_backend",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +44,7 @@ class NoneBackend(AnalyzerBackend):
   def _start(self, trajectories: Sequence[Trajectory], stats: AnalyzerStats) -> list[Future]:
     stats.add("trajectories", len(trajectories))
     stats.add("skipped", len(trajectories))
-    return [completed_future(AnalysisResult(t.traj_id, None, "analyzer disabled"))
-            for t in trajectories]
+    return [completed_future(AnalysisResult(t.traj_id, None, "analyzer disabled")) for t in trajectories]
 
 
 class LocalBackend(AnalyzerBackend):
@@ -50,11 +58,9 @@ class LocalBackend(AnalyzerBackend):
   def __init__(self, spec: AnalysisSpec, *, chat_fn: ChatFn):
     super().__init__(spec)
     self.chat_fn = chat_fn
-    self._worker = concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, thread_name_prefix="opid-local-analyzer")
+    self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="opid-local-analyzer")
 
-  def _chat_many(self, conversations: list[list[Message]], stats: AnalyzerStats
-                 ) -> list[str | BaseException]:
+  def _chat_many(self, conversations: list[list[Message]], stats: AnalyzerStats) -> list[str | BaseException]:
     stats.add("calls", len(conversations))
     try:
       replies = list(self.chat_fn(conversations))
@@ -62,8 +68,7 @@ class LocalBackend(AnalyzerBackend):
       logger.error("local analyzer chat_fn failed: %s: %s", type(err).__name__, err)
       return [AnalyzerAPIError(f"chat_fn failed: {type(err).__name__}")] * len(conversations)
     if len(replies) != len(conversations):
-      failure = AnalyzerAPIError(
-          f"chat_fn returned {len(replies)} replies for {len(conversations)} conversations")
+      failure = AnalyzerAPIError(f"chat_fn returned {len(replies)} replies for {len(conversations)} conversations")
       return [failure] * len(conversations)
     return [reply if isinstance(reply, str) else "" for reply in replies]
 
@@ -88,10 +93,10 @@ class LocalBackend(AnalyzerBackend):
 
 
 BACKENDS: dict[str, type[AnalyzerBackend]] = {
-    "openai": OpenAIBackend,
-    "local": LocalBackend,
-    "expert": ExpertBackend,
-    "none": NoneBackend,
+  "openai": OpenAIBackend,
+  "local": LocalBackend,
+  "expert": ExpertBackend,
+  "none": NoneBackend,
 }
 
 _SPEC_FIELDS = tuple(field.name for field in dataclasses.fields(AnalysisSpec))

@@ -61,15 +61,18 @@ def _plan_skills(trajectory: Trajectory, max_step_skills: int) -> SkillSet:
   elif deviations:
     t, expected = deviations[0]
     done = "" if trajectory.steps[t].valid else " (a malformed output)"
-    summary = (f"The task was not completed in {trajectory.length} steps; the agent first left the "
-               f"plan at step {t}.")
-    episode_skill = (f"Mistake to avoid: at step {t} you did '{actions[t]}'{done} where the plan needed "
-                     f"'{expected}', and the task was never completed. Follow this plan instead: "
-                     f"{plan_text}.")
+    summary = f"The task was not completed in {trajectory.length} steps; the agent first left the plan at step {t}."
+    episode_skill = (
+      f"Mistake to avoid: at step {t} you did '{actions[t]}'{done} where the plan needed "
+      f"'{expected}', and the task was never completed. Follow this plan instead: "
+      f"{plan_text}."
+    )
   else:
     summary = f"The agent followed the plan but stopped after {progress} of {len(plan)} actions."
-    episode_skill = (f"Mistake to avoid: stopping before the plan is finished ({progress} of "
-                     f"{len(plan)} actions done). Follow this plan to the end: {plan_text}.")
+    episode_skill = (
+      f"Mistake to avoid: stopping before the plan is finished ({progress} of "
+      f"{len(plan)} actions done). Follow this plan to the end: {plan_text}."
+    )
   step_skills = {t: next_action_skill(expected) for t, expected in deviations[:max_step_skills]}
   return SkillSet(summary, episode_skill, step_skills)
 
@@ -118,23 +121,30 @@ def _answer_skills(trajectory: Trajectory, max_step_skills: int) -> SkillSet:
   step_skills: dict[int, str] = {}
   if not trajectory.won and evidence is None:
     step_skills[_first_search_step(trajectory)] = (
-        f"Search for the question's key entity so that the passages mention '{gold}'.")
+      f"Search for the question's key entity so that the passages mention '{gold}'."
+    )
   if trajectory.won:
     summary = f"The agent answered '{given}', which is correct."
-    episode_skill = (f"Workflow that worked: search for the question's key entity, read the passages "
-                     f"for the answer, then answer <answer>{gold}</answer>.")
+    episode_skill = (
+      f"Workflow that worked: search for the question's key entity, read the passages "
+      f"for the answer, then answer <answer>{gold}</answer>."
+    )
     final_step = answer_step if answer_step is not None else trajectory.length - 1
     step_skills[final_step] = f"Answer <answer>{gold}</answer>{seen_at}."
   elif answer_step is not None:
     summary = f"The agent answered '{given}', but the correct answer is '{gold}'."
-    episode_skill = (f"Mistake to avoid: answering '{given}' without evidence for it; the correct "
-                     f"answer is '{gold}'. Search until a passage states the answer, then answer "
-                     "with what it says.")
+    episode_skill = (
+      f"Mistake to avoid: answering '{given}' without evidence for it; the correct "
+      f"answer is '{gold}'. Search until a passage states the answer, then answer "
+      "with what it says."
+    )
     step_skills[answer_step] = f"Answer <answer>{gold}</answer> instead of '{given}'{seen_at}."
   else:
     summary = f"The agent never answered; the correct answer is '{gold}'."
-    episode_skill = (f"Mistake to avoid: using every step without answering; the correct answer is "
-                     f"'{gold}'. Answer as soon as a passage states it.")
+    episode_skill = (
+      f"Mistake to avoid: using every step without answering; the correct answer is "
+      f"'{gold}'. Answer as soon as a passage states it."
+    )
     step_skills[trajectory.length - 1] = f"Stop searching and answer <answer>{gold}</answer>{seen_at}."
   kept = dict(sorted(step_skills.items())[:max_step_skills])
   return SkillSet(summary, episode_skill, kept)

@@ -74,7 +74,7 @@ def balanced_objects(text: str) -> list[str]:
     elif char == "}" and depth > 0:
       depth -= 1
       if depth == 0:
-        spans.append(text[start:position + 1])
+        spans.append(text[start : position + 1])
   return spans
 
 
@@ -87,12 +87,10 @@ def _candidates(text: str) -> Iterator[str]:
 
 
 def _decode(candidate: str) -> Any:
-  return json.loads(strip_trailing_commas(candidate), strict=False,
-                    object_pairs_hook=_first_non_empty_pairs)
+  return json.loads(strip_trailing_commas(candidate), strict=False, object_pairs_hook=_first_non_empty_pairs)
 
 
-def find_json_object(text: str, accept: Callable[[dict[str, Any]], bool] = lambda _: True
-                     ) -> dict[str, Any]:
+def find_json_object(text: str, accept: Callable[[dict[str, Any]], bool] = lambda _: True) -> dict[str, Any]:
   """The first JSON object in `text` that `accept` approves; ValueError when there is none."""
   seen: set[str] = set()
   for candidate in _candidates(text):

@@ -56,10 +56,21 @@ def _reply_content(response: httpx.Response) -> str:
 class ChatCompletionsClient:
   """One chat-completions request at a time per caller; thread-safe (share one across threads)."""
 
-  def __init__(self, *, base_url: str, model: str, api_key_env: str | None = None,
-               timeout_s: float = 120.0, max_api_retries: int = 5, backoff_base_s: float = 1.0,
-               backoff_max_s: float = 30.0, json_mode: bool = False, temperature: float | None = None,
-               max_tokens: int | None = None, max_connections: int = 16):
+  def __init__(
+    self,
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str | None = None,
+    timeout_s: float = 120.0,
+    max_api_retries: int = 5,
+    backoff_base_s: float = 1.0,
+    backoff_max_s: float = 30.0,
+    json_mode: bool = False,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    max_connections: int = 16,
+  ):
     if api_key_env is not None and not os.environ.get(api_key_env):
       raise ValueError(f"environment variable {api_key_env} (the analyzer API key) is not set")
     self.url = base_url.rstrip("/") + "/chat/completions"
@@ -73,13 +84,12 @@ class ChatCompletionsClient:
     self.temperature = temperature
     self.max_tokens = max_tokens
     self._http = httpx.Client(
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(max_connections=max_connections,
-                            max_keepalive_connections=max_connections))
+      timeout=httpx.Timeout(timeout_s),
+      limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
 
   def __repr__(self) -> str:
-    return (f"ChatCompletionsClient(url={self.url!r}, model={self.model!r}, "
-            f"api_key_env={self.api_key_env!r})")
+    return f"ChatCompletionsClient(url={self.url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
 
   def close(self) -> None:
     self._http.close()
@@ -136,8 +146,9 @@ class ChatCompletionsClient:
         if attempt == attempts:
           raise AnalyzerAPIError(f"{problem} (gave up after {attempts} attempts)") from None
         delay = self._backoff_s(attempt, err.wait_hint_s)
-        logger.warning("analyzer request failed (%s), attempt %d of %d; retrying in %.2f s",
-                       problem, attempt, attempts, delay)
+        logger.warning(
+          "analyzer request failed (%s), attempt %d of %d; retrying in %.2f s", problem, attempt, attempts, delay
+        )
         stats.add("retries")
         time.sleep(delay)
     raise AssertionError("unreachable")
@@ -148,18 +159,37 @@ class OpenAIBackend(AnalyzerBackend):
 
   name = "openai"
 
-  def __init__(self, spec: AnalysisSpec, *, base_url: str, model: str, api_key_env: str | None = None,
-               concurrency: int = 16, timeout_s: float = 120.0, max_api_retries: int = 5,
-               backoff_base_s: float = 1.0, backoff_max_s: float = 30.0, json_mode: bool = False,
-               temperature: float | None = None, max_tokens: int | None = None):
+  def __init__(
+    self,
+    spec: AnalysisSpec,
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str | None = None,
+    concurrency: int = 16,
+    timeout_s: float = 120.0,
+    max_api_retries: int = 5,
+    backoff_base_s: float = 1.0,
+    backoff_max_s: float = 30.0,
+    json_mode: bool = False,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+  ):
     super().__init__(spec)
     self.client = ChatCompletionsClient(
-        base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s,
-        max_api_retries=max_api_retries, backoff_base_s=backoff_base_s,
-        backoff_max_s=backoff_max_s, json_mode=json_mode, temperature=temperature,
-        max_tokens=max_tokens, max_connections=concurrency)
-    self._pool = concurrent.futures.ThreadPoolExecutor(
-        max_workers=concurrency, thread_name_prefix="opid-analyzer")
+      base_url=base_url,
+      model=model,
+      api_key_env=api_key_env,
+      timeout_s=timeout_s,
+      max_api_retries=max_api_retries,
+      backoff_base_s=backoff_base_s,
+      backoff_max_s=backoff_max_s,
+      json_mode=json_mode,
+      temperature=temperature,
+      max_tokens=max_tokens,
+      max_connections=concurrency,
+    )
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="opid-analyzer")
 
   def __repr__(self) -> str:
     return f"OpenAIBackend(client={self.client!r}, spec={self.spec!r})"
@@ -178,6 +208,7 @@ class OpenAIBackend(AnalyzerBackend):
   def _analyze_one(self, trajectory: Trajectory, stats: AnalyzerStats) -> AnalysisResult:
     def chat_many(conversations):
       return [self._reply_or_error(messages, stats) for messages in conversations]
+
     return analyze_batch([trajectory], chat_many, self.spec, stats)[0]
 
   def _start(self, trajectories: Sequence[Trajectory], stats: AnalyzerStats) -> list[Future]:

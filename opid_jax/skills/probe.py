@@ -62,13 +62,16 @@ def other_action(step: ExpertStep, seed: int) -> str | None:
 
 def expert_skills(step: ExpertStep) -> dict[str, RoutedSkill]:
   """Per skill kind, the skill the `expert` analyzer writes for this step of a winning walkthrough."""
-  return {"episode": RoutedSkill(episode_skill=workflow_skill(step.plan)),
-          "step": RoutedSkill(step_skill=next_action_skill(step.expert_action))}
+  return {
+    "episode": RoutedSkill(episode_skill=workflow_skill(step.plan)),
+    "step": RoutedSkill(step_skill=next_action_skill(step.expert_action)),
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeItem:
   """One probed step: its responses' actions and its user prompts (`plain` and one per skill kind)."""
+
   step: ExpertStep
   other: str
   prompts: dict[str, str]
@@ -81,8 +84,7 @@ class ProbeItem:
 def user_prompt(step: ExpertStep, history_length: int) -> str:
   """The step's user message (before the chat template), as the ALFWorld rollout renders it."""
   agent = rollout.alfworld_agent(history_length)
-  return agent.render(step.task, step.observation, list(step.admissible_actions), list(step.history),
-                      history_length)
+  return agent.render(step.task, step.observation, list(step.admissible_actions), list(step.history), history_length)
 
 
 def step_prompts(step: ExpertStep, skills: Mapping[str, RoutedSkill], history_length: int) -> dict[str, str]:
@@ -91,8 +93,9 @@ def step_prompts(step: ExpertStep, skills: Mapping[str, RoutedSkill], history_le
   return {PLAIN: plain, **{kind: inject_skill(plain, routed) for kind, routed in skills.items()}}
 
 
-def build_items(games: Sequence[Sequence[ExpertStep]], seed: int, history_length: int,
-                skills_fn: SkillsFn = expert_skills) -> tuple[list[ProbeItem], int]:
+def build_items(
+  games: Sequence[Sequence[ExpertStep]], seed: int, history_length: int, skills_fn: SkillsFn = expert_skills
+) -> tuple[list[ProbeItem], int]:
   """Probe items for every step that has another admissible action; also the number of steps skipped."""
   items, skipped = [], 0
   for game in games:
@@ -124,12 +127,12 @@ def end_of_turn_id(tokenizer: Any, stop_ids: Sequence[int]) -> int:
 
 
 def longest_response(items: Sequence[ProbeItem], tokenizer: Any, end_id: int) -> int:
-  return max((len(response_ids(tokenizer, a, end_id)) for item in items for a in item.actions.values()),
-             default=1)
+  return max((len(response_ids(tokenizer, a, end_id)) for item in items for a in item.actions.values()), default=1)
 
 
-def score_items(items: Sequence[ProbeItem], tokenizer: Any, end_id: int, score_fn: ScoreFn,
-                max_prompt_tokens: int | None) -> list[dict[str, dict[str, float]]]:
+def score_items(
+  items: Sequence[ProbeItem], tokenizer: Any, end_id: int, score_fn: ScoreFn, max_prompt_tokens: int | None
+) -> list[dict[str, dict[str, float]]]:
   """Per item: {prompt variant: {"expert" | "other": summed log-prob}}.
 
   Each distinct (prompt ids, response ids) pair is scored once, so a skill that leaves the prompt unchanged
@@ -166,14 +169,20 @@ def shifts(logprobs: Mapping[str, Mapping[str, float]], kind: str) -> dict[str, 
 
 def step_record(item: ProbeItem, logprobs: Mapping[str, Mapping[str, float]]) -> dict:
   kinds = [v for v in item.prompts if v != PLAIN]
-  return {"task_id": item.step.task_id, "task_type": item.step.task_type, "step": item.step.index,
-          "expert_action": item.step.expert_action, "other_action": item.other,
-          "logprob": {v: dict(logprobs[v]) for v in item.prompts},
-          "shift": {kind: shifts(logprobs, kind) for kind in kinds}}
+  return {
+    "task_id": item.step.task_id,
+    "task_type": item.step.task_type,
+    "step": item.step.index,
+    "expert_action": item.step.expert_action,
+    "other_action": item.other,
+    "logprob": {v: dict(logprobs[v]) for v in item.prompts},
+    "shift": {kind: shifts(logprobs, kind) for kind in kinds},
+  }
 
 
-def probe(items: Sequence[ProbeItem], tokenizer: Any, end_id: int, score_fn: ScoreFn,
-          max_prompt_tokens: int | None = 2048) -> list[dict]:
+def probe(
+  items: Sequence[ProbeItem], tokenizer: Any, end_id: int, score_fn: ScoreFn, max_prompt_tokens: int | None = 2048
+) -> list[dict]:
   """The record of every probed step: its actions, log-probs per prompt variant, and shifts per kind."""
   scored = score_items(items, tokenizer, end_id, score_fn, max_prompt_tokens)
   return [step_record(item, lp) for item, lp in zip(items, scored)]
@@ -183,18 +192,24 @@ RESPONSE_BUCKETS = (32, 64)
 PROMPT_BUCKETS = (256, 512, 1024, 2048)
 
 
-def scorer_sums(model: Any, pad_id: int, longest_response: int, max_prompt_tokens: int,
-                micro_batch: int = 8) -> ScoreFn:
+def scorer_sums(
+  model: Any, pad_id: int, longest_response: int, max_prompt_tokens: int, micro_batch: int = 8
+) -> ScoreFn:
   """A ScoreFn over `opid_jax.rl.scoring.Scorer`: float64 sums of its float32 token log-probs (temperature 1).
 
   Response buckets are (32, 64), grown in steps of 64 (the scorer's chunk) if an action needs more."""
   from opid_jax.batching import padding
   from opid_jax.rl.scoring import Scorer
+
   response_limit = max(RESPONSE_BUCKETS[-1], -(-longest_response // 64) * 64)
-  scorer = Scorer(model, pad_id, micro_batch=micro_batch,
-                  prompt_buckets=padding.buckets_up_to(max_prompt_tokens, PROMPT_BUCKETS),
-                  response_buckets=padding.buckets_up_to(response_limit, RESPONSE_BUCKETS),
-                  truncate_left=True)
+  scorer = Scorer(
+    model,
+    pad_id,
+    micro_batch=micro_batch,
+    prompt_buckets=padding.buckets_up_to(max_prompt_tokens, PROMPT_BUCKETS),
+    response_buckets=padding.buckets_up_to(response_limit, RESPONSE_BUCKETS),
+    truncate_left=True,
+  )
 
   def score(prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]]) -> list[float]:
     out = scorer.score(prompt_ids, response_ids, temperature=1.0)
@@ -214,11 +229,14 @@ def summarize_kind(records: Sequence[dict], kind: str) -> dict:
   def wins(variant: str) -> float:
     return _mean([float(r["logprob"][variant]["expert"] > r["logprob"][variant]["other"]) for r in rows])
 
-  return {"steps": len(rows),
-          "expert_shift": _mean([r["shift"][kind]["expert"] for r in rows]),
-          "other_shift": _mean([r["shift"][kind]["other"] for r in rows]),
-          "margin_gain": _mean([r["shift"][kind]["margin_gain"] for r in rows]),
-          "expert_preferred_without": wins(PLAIN), "expert_preferred_with": wins(kind)}
+  return {
+    "steps": len(rows),
+    "expert_shift": _mean([r["shift"][kind]["expert"] for r in rows]),
+    "other_shift": _mean([r["shift"][kind]["other"] for r in rows]),
+    "margin_gain": _mean([r["shift"][kind]["margin_gain"] for r in rows]),
+    "expert_preferred_without": wins(PLAIN),
+    "expert_preferred_with": wins(kind),
+  }
 
 
 def summarize(records: Sequence[dict], kinds: Sequence[str] = SKILL_KINDS) -> dict[str, dict]:
@@ -227,11 +245,15 @@ def summarize(records: Sequence[dict], kinds: Sequence[str] = SKILL_KINDS) -> di
 
 def format_table(summary: Mapping[str, Mapping[str, float]]) -> str:
   """A fixed-width table: one row per skill kind."""
-  header = (f"{'skill':<8} {'steps':>5} {'expert shift':>13} {'other shift':>12} {'margin gain':>12} "
-            f"{'expert preferred (without -> with)':>35}")
+  header = (
+    f"{'skill':<8} {'steps':>5} {'expert shift':>13} {'other shift':>12} {'margin gain':>12} "
+    f"{'expert preferred (without -> with)':>35}"
+  )
   lines = [header, "-" * len(header)]
   for kind, s in summary.items():
     preferred = f"{s['expert_preferred_without']:.2f} -> {s['expert_preferred_with']:.2f}"
-    lines.append(f"{kind:<8} {s['steps']:>5} {s['expert_shift']:>+13.3f} {s['other_shift']:>+12.3f} "
-                 f"{s['margin_gain']:>+12.3f} {preferred:>35}")
+    lines.append(
+      f"{kind:<8} {s['steps']:>5} {s['expert_shift']:>+13.3f} {s['other_shift']:>+12.3f} "
+      f"{s['margin_gain']:>+12.3f} {preferred:>35}"
+    )
   return "\n".join(lines)

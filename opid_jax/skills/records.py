@@ -9,6 +9,7 @@ import threading
 @dataclasses.dataclass(frozen=True)
 class SkillSet:
   """Hindsight skills extracted from one finished trajectory."""
+
   episode_summary: str
   episode_skill: str
   step_skills: dict[int, str]  # 0-based step index -> one imperative sentence
@@ -17,6 +18,7 @@ class SkillSet:
 @dataclasses.dataclass(frozen=True)
 class AnalysisResult:
   """The analyzer's verdict on one trajectory: skills, or the reason there are none."""
+
   traj_id: int
   skills: SkillSet | None = None
   failure: str = ""  # empty when `skills` is set
@@ -27,8 +29,17 @@ class AnalysisResult:
     return self.skills is not None
 
 
-_COUNTERS = ("trajectories", "skipped", "calls", "retries", "repairs", "parse_failures",
-             "final_failures", "empty_skills", "with_skill")
+_COUNTERS = (
+  "trajectories",
+  "skipped",
+  "calls",
+  "retries",
+  "repairs",
+  "parse_failures",
+  "final_failures",
+  "empty_skills",
+  "with_skill",
+)
 
 
 @dataclasses.dataclass
@@ -40,6 +51,7 @@ class AnalyzerStats:
   final_failures: trajectories left without skill by a failure; empty_skills: answered with an empty
   episode skill; skipped: never sent (no steps, or ended by a fault); seconds: wall time of the batch.
   """
+
   trajectories: int = 0
   skipped: int = 0
   calls: int = 0
@@ -50,8 +62,7 @@ class AnalyzerStats:
   empty_skills: int = 0
   with_skill: int = 0
   seconds: float = 0.0
-  _lock: threading.Lock = dataclasses.field(
-      default_factory=threading.Lock, repr=False, compare=False)
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
   def add(self, counter: str, amount: int = 1) -> None:
     if counter not in _COUNTERS:

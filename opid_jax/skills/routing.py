@@ -23,6 +23,7 @@ STEP_USAGE = "Follow this advice when you choose the action for the current step
 @dataclasses.dataclass(frozen=True)
 class RoutedSkill:
   """The skill text(s) one step's augmented prompt carries; both None means no skill."""
+
   episode_skill: str | None = None
   step_skill: str | None = None
 
@@ -102,8 +103,7 @@ def inject_skill(prompt_text: str, routed: RoutedSkill) -> str:
   return "\n".join(lines)
 
 
-def augmented_prompts(prompt_texts: list[str], skills: SkillSet | None, mode: str
-                      ) -> list[str | None]:
+def augmented_prompts(prompt_texts: list[str], skills: SkillSet | None, mode: str) -> list[str | None]:
   """Per step of one trajectory: the augmented prompt text, or None where the step gets no skill."""
   routed = route_trajectory(skills, len(prompt_texts), mode)
   return [inject_skill(text, r) if r.has_skill else None for text, r in zip(prompt_texts, routed)]

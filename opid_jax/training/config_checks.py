@@ -64,8 +64,10 @@ def validate(c) -> None:
   r = c.rollout
   _at_least("rollout.tasks_per_batch", r.tasks_per_batch, 1)
   if r.group_size < 2:
-    raise UserError(f"rollout.group_size={r.group_size} must be >= 2: GRPO centres each return on its task's group, "
-                    f"so a group of one trajectory gets an episode advantage of 0")
+    raise UserError(
+      f"rollout.group_size={r.group_size} must be >= 2: GRPO centres each return on its task's group, "
+      f"so a group of one trajectory gets an episode advantage of 0"
+    )
   _in_range("rollout.temperature", r.temperature, 0.0, 10.0, low_open=True)
   _in_range("rollout.top_p", r.top_p, 0.0, 1.0, low_open=True)
   _at_least("rollout.top_k", r.top_k, 0)
@@ -99,8 +101,10 @@ def validate(c) -> None:
   _at_least("opid.lambda_skill", o.lambda_skill, 0.0)
   _at_least("opid.invalid_penalty", o.invalid_penalty, 0.0)
   if o.lambda_skill > 0 and o.routing == "step_only" and a.backend != "none" and a.max_step_skills == 0:
-    raise UserError("analyzer.max_step_skills=0 with opid.routing=step_only injects no skill: the skill advantage "
-                    "is 0 (set opid.lambda_skill=0 for plain GRPO)")
+    raise UserError(
+      "analyzer.max_step_skills=0 with opid.routing=step_only injects no skill: the skill advantage "
+      "is 0 (set opid.lambda_skill=0 for plain GRPO)"
+    )
 
   p = c.ppo
   _in_range("ppo.clip_eps", p.clip_eps, 0.0, 1.0, low_open=True)
@@ -111,8 +115,9 @@ def validate(c) -> None:
   _at_least("ppo.micro_batch_size", p.micro_batch_size, 1)
   _at_least("ppo.mini_batch_size", p.mini_batch_size, 1)
   if p.mini_batch_size % p.micro_batch_size:
-    raise UserError(f"ppo.mini_batch_size={p.mini_batch_size} is not a multiple of "
-                    f"ppo.micro_batch_size={p.micro_batch_size}")
+    raise UserError(
+      f"ppo.mini_batch_size={p.mini_batch_size} is not a multiple of ppo.micro_batch_size={p.micro_batch_size}"
+    )
   _one_of("ppo.kl_estimator", p.kl_estimator, KL_ESTIMATORS)
   _at_least("ppo.kl_coef", p.kl_coef, 0.0)
   _above("ppo.kl_clamp", p.kl_clamp, 0.0)  # the KL term is clipped to [-kl_clamp, kl_clamp]
@@ -123,9 +128,11 @@ def validate(c) -> None:
   # scaffold.build_trainable stretches the schedule over train.steps updates, as if an iteration made one.
   updates = updates_per_iteration(c)
   if c.optim.schedule != "constant" and updates > 1:
-    raise UserError(f"optim.schedule={c.optim.schedule!r} decays over train.steps={c.train.steps} optimizer updates, "
-                    f"but an iteration can make up to {updates} (ppo.epochs x mini-batches): the learning rate would "
-                    f"reach 0 early; use optim.schedule=constant")
+    raise UserError(
+      f"optim.schedule={c.optim.schedule!r} decays over train.steps={c.train.steps} optimizer updates, "
+      f"but an iteration can make up to {updates} (ppo.epochs x mini-batches): the learning rate would "
+      f"reach 0 early; use optim.schedule=constant"
+    )
   _at_least("train.eval_every", c.train.eval_every, 0)
   _at_least("train.eval_tasks", c.train.eval_tasks, 0)
   _at_least("train.eval_envs", c.train.eval_envs, 0)
@@ -133,11 +140,15 @@ def validate(c) -> None:
   _at_least("checkpoint.keep", c.checkpoint.keep, 1)
   _at_least("checkpoint.save_every", c.checkpoint.save_every, 1)
   if max(c.train.prompt_buckets) < r.max_prompt_tokens:
-    raise UserError(f"train.prompt_buckets (largest {max(c.train.prompt_buckets)}) must reach "
-                    f"rollout.max_prompt_tokens={r.max_prompt_tokens}")
+    raise UserError(
+      f"train.prompt_buckets (largest {max(c.train.prompt_buckets)}) must reach "
+      f"rollout.max_prompt_tokens={r.max_prompt_tokens}"
+    )
   if max(c.train.response_buckets) < r.max_new_tokens:
-    raise UserError(f"train.response_buckets (largest {max(c.train.response_buckets)}) must reach "
-                    f"rollout.max_new_tokens={r.max_new_tokens}")
+    raise UserError(
+      f"train.response_buckets (largest {max(c.train.response_buckets)}) must reach "
+      f"rollout.max_new_tokens={r.max_new_tokens}"
+    )
 
 
 def validate_data_parallel(c, data_parallel_size: int) -> None:
@@ -145,8 +156,11 @@ def validate_data_parallel(c, data_parallel_size: int) -> None:
   for name in ("micro_batch_size",):
     value = c.ppo[name]
     if value % data_parallel_size:
-      raise UserError(f"ppo.{name}={value} is not divisible by the data-parallel size {data_parallel_size} "
-                      f"(mesh data x fsdp)")
+      raise UserError(
+        f"ppo.{name}={value} is not divisible by the data-parallel size {data_parallel_size} (mesh data x fsdp)"
+      )
   if c.train.score_micro_batch % data_parallel_size:
-    raise UserError(f"train.score_micro_batch={c.train.score_micro_batch} is not divisible by the "
-                    f"data-parallel size {data_parallel_size}")
+    raise UserError(
+      f"train.score_micro_batch={c.train.score_micro_batch} is not divisible by the "
+      f"data-parallel size {data_parallel_size}"
+    )

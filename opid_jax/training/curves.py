@@ -7,12 +7,17 @@ import os
 
 from opid_jax.errors import UserError
 
-PANELS = (("success", "success rate"), ("episode_length", "episode length"),
-          ("valid_action_ratio", "valid-action ratio"), ("adv/skill_share", "skill advantage share"))
+PANELS = (
+  ("success", "success rate"),
+  ("episode_length", "episode length"),
+  ("valid_action_ratio", "valid-action ratio"),
+  ("adv/skill_share", "skill advantage share"),
+)
 
 
 def read_run(run_dir: str) -> list[dict]:
   from etils import epath
+
   path = epath.Path(run_dir) / "metrics.jsonl"
   if not path.exists():
     raise UserError(f"{path} not found: is {run_dir} a training run directory?")
@@ -22,15 +27,17 @@ def read_run(run_dir: str) -> list[dict]:
 def moving_average(values: list[float], window: int) -> list[float]:
   out = []
   for i in range(len(values)):
-    chunk = [v for v in values[max(0, i - window + 1):i + 1] if v is not None]
+    chunk = [v for v in values[max(0, i - window + 1) : i + 1] if v is not None]
     out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
   return out
 
 
 def plot_runs(run_dirs: list[str], out: str, smooth: int = 1) -> None:
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
   for run_dir in run_dirs:
     rows = read_run(run_dir)
@@ -38,7 +45,7 @@ def plot_runs(run_dirs: list[str], out: str, smooth: int = 1) -> None:
     steps = [r["step"] for r in rows]
     for ax, (key, title) in zip(axes, PANELS):
       values = [r.get(key) for r in rows]
-      line, = ax.plot(steps, moving_average(values, smooth), label=label)
+      (line,) = ax.plot(steps, moving_average(values, smooth), label=label)
       if key == "success":
         evals = [(r["step"], r["eval/success"]) for r in rows if r.get("eval/success") is not None]
         if evals:
@@ -53,19 +60,22 @@ def plot_runs(run_dirs: list[str], out: str, smooth: int = 1) -> None:
   plt.close(fig)
 
 
-def plot_mean_curves(panels: dict[str, dict[str, tuple[list, list, list]]], out: str, xlabel: str = "iteration"
-                     ) -> None:
+def plot_mean_curves(
+  panels: dict[str, dict[str, tuple[list, list, list]]], out: str, xlabel: str = "iteration"
+) -> None:
   """One panel per title; in each, one line per label with a +-1 std band: {title: {label: (x, mean, std)}}
   (e.g. evaluation success over seeds, per variant)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   import numpy as np
+
   fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
   for ax, (title, lines) in zip(axes[0], panels.items()):
     for label, (x, mean, std) in lines.items():
       mean, std = np.asarray(mean, float), np.asarray(std, float)
-      line, = ax.plot(x, mean, marker="o", markersize=3, label=label)
+      (line,) = ax.plot(x, mean, marker="o", markersize=3, label=label)
       ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
     ax.set_title(title)
     ax.set_xlabel(xlabel)

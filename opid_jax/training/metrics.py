@@ -34,8 +34,7 @@ class MetricsWriter:
     self._console_every = max(1, console_every)
     self._tensorboard = tensorboard and enabled
     if self._tensorboard and self._remote:
-      logger.warning("TensorBoard events are only written for local workdirs; %s gets metrics.jsonl only",
-                     workdir)
+      logger.warning("TensorBoard events are only written for local workdirs; %s gets metrics.jsonl only", workdir)
       self._tensorboard = False
     self._file = None  # local: an append handle
     self._remote_lines: list[str] | None = None  # remote: the whole file, rewritten on each write
@@ -60,8 +59,9 @@ class MetricsWriter:
       return 0
     self._close_file()
     lines = self._path.read_text().splitlines() if self._path.exists() else []
-    kept = [line for line, line_step in zip(lines, map(_line_step, lines))
-            if line_step is not None and line_step < step]
+    kept = [
+      line for line, line_step in zip(lines, map(_line_step, lines)) if line_step is not None and line_step < step
+    ]
     text = "".join(line + "\n" for line in kept)
     if self._remote:  # an object write is atomic
       self._path.write_text(text)
@@ -96,8 +96,10 @@ class MetricsWriter:
       return
     if self._tb_writer is None:
       import tensorboardX  # pylint: disable=import-outside-toplevel
-      self._tb_writer = tensorboardX.SummaryWriter(str(self._workdir / "tb"), purge_step=self._tb_purge_step,
-                                                   flush_secs=30)
+
+      self._tb_writer = tensorboardX.SummaryWriter(
+        str(self._workdir / "tb"), purge_step=self._tb_purge_step, flush_secs=30
+      )
       self._tb_purge_step = None
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)):
@@ -161,8 +163,7 @@ class PhaseTimer:
   JAX dispatches asynchronously: block on a phase's outputs inside its `with` to time the work, not the dispatch.
   """
 
-  def __init__(self, clock: Callable[[], float] = time.perf_counter,
-               on_phase: Callable[[str], None] | None = None):
+  def __init__(self, clock: Callable[[], float] = time.perf_counter, on_phase: Callable[[str], None] | None = None):
     self._clock = clock
     self._on_phase = on_phase  # e.g. shows the running phase on a progress bar
     self._seconds: dict[str, float] = collections.defaultdict(float)

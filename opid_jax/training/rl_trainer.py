@@ -20,8 +20,7 @@ from opid_jax.evaluation import tables as eval_tables
 from opid_jax.generation.policy import make_policy
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.parallel import distributed, mesh as mesh_lib
-from opid_jax.rl import batch as batch_lib
-from opid_jax.rl import minibatch_step, opid_samples, update
+from opid_jax.rl import batch as batch_lib, minibatch_step, opid_samples, update
 from opid_jax.rl.scoring import Scorer
 from opid_jax.skills.backends import make_backend
 from opid_jax.training import config_checks, metrics as metrics_lib, scaffold
@@ -37,11 +36,20 @@ def make_analyzer(config):
     return None
   common = dict(gamma=a.gamma, max_step_skills=a.max_step_skills)
   if a.backend == "openai":
-    return make_backend("openai", base_url=a.base_url, model=a.model, api_key_env=a.api_key_env or None,
-                        concurrency=a.concurrency, timeout_s=a.timeout_s, max_api_retries=a.max_api_retries,
-                        json_mode=a.json_mode, **common)
+    return make_backend(
+      "openai",
+      base_url=a.base_url,
+      model=a.model,
+      api_key_env=a.api_key_env or None,
+      concurrency=a.concurrency,
+      timeout_s=a.timeout_s,
+      max_api_retries=a.max_api_retries,
+      json_mode=a.json_mode,
+      **common,
+    )
   if a.backend == "local":
     from opid_jax.generation.chat import make_chat_fn
+
     return make_backend("local", chat_fn=make_chat_fn(a.model, max_new_tokens=1024), **common)
   return make_backend(a.backend, **common)
 
@@ -49,21 +57,35 @@ def make_analyzer(config):
 def opid_settings(config) -> opid_samples.OpidSettings:
   o = config.opid
   return opid_samples.OpidSettings(
-      lambda_skill=o.lambda_skill, routing=o.routing, adv_norm=o.adv_norm, group_stats=o.group_stats,
-      invalid_penalty=o.invalid_penalty, use_reference=config.ppo.kl_coef > 0,
-      max_prompt_tokens=config.rollout.max_prompt_tokens, truncation_side=config.rollout.truncation_side)
+    lambda_skill=o.lambda_skill,
+    routing=o.routing,
+    adv_norm=o.adv_norm,
+    group_stats=o.group_stats,
+    invalid_penalty=o.invalid_penalty,
+    use_reference=config.ppo.kl_coef > 0,
+    max_prompt_tokens=config.rollout.max_prompt_tokens,
+    truncation_side=config.rollout.truncation_side,
+  )
 
 
 def loss_config(config) -> update.LossConfig:
   p = config.ppo
-  return update.LossConfig(clip_low=p.clip_eps, clip_high=p.clip_eps_high, dual_clip=p.dual_clip,
-                           kl_coef=p.kl_coef, kl_estimator=p.kl_estimator, kl_clamp=p.kl_clamp,
-                           entropy_coef=p.entropy_coef, temperature=config.rollout.temperature)
+  return update.LossConfig(
+    clip_low=p.clip_eps,
+    clip_high=p.clip_eps_high,
+    dual_clip=p.dual_clip,
+    kl_coef=p.kl_coef,
+    kl_estimator=p.kl_estimator,
+    kl_clamp=p.kl_clamp,
+    entropy_coef=p.entropy_coef,
+    temperature=config.rollout.temperature,
+  )
 
 
 @dataclasses.dataclass(kw_only=True)
 class Run:
   """Everything an iteration needs, built once."""
+
   config: Any
   model: scaffold.Trainable  # mesh, rules, loaded model, optimizer, train state
   ref_params: Any
@@ -82,6 +104,7 @@ class Run:
 @dataclasses.dataclass(frozen=True)
 class Rollout:
   """An iteration's trajectories and (when an analyzer ran) their analyses, in the same order."""
+
   trajectories: tuple = ()
   analyses: Any = None
 
@@ -95,20 +118,35 @@ def build_run(config, workdir: str) -> Run:
   ref_params = jax.tree.map(jnp.copy, params) if config.ppo.kl_coef > 0 else None
   truncate = config.rollout.truncation_side == "left"
   prompt_buckets = padding.buckets_up_to(config.rollout.max_prompt_tokens, config.train.prompt_buckets)
-  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets,
-                    truncate_left=truncate)
-  scorer = Scorer(loaded.model, loaded.pad_id, micro_batch=config.train.score_micro_batch,
-                  prompt_buckets=prompt_buckets, response_buckets=config.train.response_buckets,
-                  truncate_left=truncate)
+  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets, truncate_left=truncate)
+  scorer = Scorer(
+    loaded.model,
+    loaded.pad_id,
+    micro_batch=config.train.score_micro_batch,
+    prompt_buckets=prompt_buckets,
+    response_buckets=config.train.response_buckets,
+    truncate_left=truncate,
+  )
   # Each process plays its contiguous share of the task groups in its own env pool.
   share = distributed.process_share(config.rollout.tasks_per_batch, "rollout.tasks_per_batch")
   num_envs = (share.stop - share.start) * config.rollout.group_size
-  pool = EnvPool(env.factory, num_envs=num_envs, num_workers=config.env.num_workers,
-                 timeout_s=config.env.step_timeout_s)
-  run = Run(config=config, model=model, ref_params=ref_params, sampler=sampler, scorer=scorer, env=env, pool=pool,
-            stream=TaskStream(env.train_tasks, seed=config.train.seed), analyzer=make_analyzer(config),
-            writer=metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead()),
-            checkpointer=scaffold.make_checkpointer(config, workdir), workdir=workdir)
+  pool = EnvPool(
+    env.factory, num_envs=num_envs, num_workers=config.env.num_workers, timeout_s=config.env.step_timeout_s
+  )
+  run = Run(
+    config=config,
+    model=model,
+    ref_params=ref_params,
+    sampler=sampler,
+    scorer=scorer,
+    env=env,
+    pool=pool,
+    stream=TaskStream(env.train_tasks, seed=config.train.seed),
+    analyzer=make_analyzer(config),
+    writer=metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead()),
+    checkpointer=scaffold.make_checkpointer(config, workdir),
+    workdir=workdir,
+  )
   start, model.state, host = scaffold.restore_or_start(run.checkpointer, run.writer, model.state, "iteration")
   if host is not None:
     run.stream.load_state_dict(host["task_stream"])
@@ -128,8 +166,15 @@ def iteration_key(config, iteration: int) -> jax.Array:
 
 def batch_layout(run: Run) -> minibatch_step.BatchLayout:
   c = run.config
-  return minibatch_step.BatchLayout(run.model.mesh, run.model.rules, c.ppo.micro_batch_size, run.model.loaded.pad_id,
-                                    run.scorer.prompt_buckets, c.train.response_buckets, c.train.bucket_micro_batches)
+  return minibatch_step.BatchLayout(
+    run.model.mesh,
+    run.model.rules,
+    c.ppo.micro_batch_size,
+    run.model.loaded.pad_id,
+    run.scorer.prompt_buckets,
+    c.train.response_buckets,
+    c.train.bucket_micro_batches,
+  )
 
 
 def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tuple[dict[str, float], Rollout]:
@@ -141,10 +186,18 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
   with timer.phase("rollout"):
     gen_stats: dict = {}
     policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(config, iteration), gen_stats))
-    trajectories = rollout.run_groups(run.pool, policy, run.model.loaded.tokenizer, tasks[share], r.group_size,
-                                      run.env.agent, r.max_prompt_tokens,
-                                      first_group_id=iteration * r.tasks_per_batch + share.start,
-                                      first_traj_id=share.start * r.group_size, truncation_side=r.truncation_side)
+    trajectories = rollout.run_groups(
+      run.pool,
+      policy,
+      run.model.loaded.tokenizer,
+      tasks[share],
+      r.group_size,
+      run.env.agent,
+      r.max_prompt_tokens,
+      first_group_id=iteration * r.tasks_per_batch + share.start,
+      first_traj_id=share.start * r.group_size,
+      truncation_side=r.truncation_side,
+    )
     policy.finish()
   handle = run.analyzer.analyze_many_async(trajectories) if run.analyzer is not None else None
   if jax.process_count() > 1:
@@ -157,18 +210,31 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
 
   with timer.phase("score"):
     samples, adv_metrics = opid_samples.build_samples(
-        trajectories, score=score, params=run.model.state.params, ref_params=run.ref_params,
-        tokenizer=run.model.loaded.tokenizer, settings=settings, analysis_handle=handle)
+      trajectories,
+      score=score,
+      params=run.model.state.params,
+      ref_params=run.ref_params,
+      tokenizer=run.model.loaded.tokenizer,
+      settings=settings,
+      analysis_handle=handle,
+    )
   record = Rollout(tuple(trajectories), handle.result() if handle is not None else None)
   ppo_metrics: dict[str, list[float]] = {}
   with timer.phase("update"):
     for epoch in range(config.ppo.epochs):
-      parts = batch_lib.shuffled_minibatches(samples, config.ppo.mini_batch_size,
-                                             seed=config.train.seed * 100003 + iteration * 101 + epoch)
+      parts = batch_lib.shuffled_minibatches(
+        samples, config.ppo.mini_batch_size, seed=config.train.seed * 100003 + iteration * 101 + epoch
+      )
       for part in parts:
         run.model.state, m = minibatch_step.optimizer_step(
-            run.model.state, part, batch_layout(run), graphdef=run.model.graphdef, tx=run.model.tx,
-            cfg=loss_config(config), with_ref=settings.use_reference)
+          run.model.state,
+          part,
+          batch_layout(run),
+          graphdef=run.model.graphdef,
+          tx=run.model.tx,
+          cfg=loss_config(config),
+          with_ref=settings.use_reference,
+        )
         for k, v in distributed.fetch(m).items():
           ppo_metrics.setdefault(k, []).append(float(v))
     _sync_params(run)
@@ -201,19 +267,34 @@ class _GatheredAnalyses:
 
 def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
   c = run.config
-  sampling = SamplingParams(temperature=c.rollout.eval_temperature, top_p=c.rollout.top_p, top_k=c.rollout.top_k,
-                            max_new_tokens=c.rollout.max_new_tokens)
+  sampling = SamplingParams(
+    temperature=c.rollout.eval_temperature,
+    top_p=c.rollout.top_p,
+    top_k=c.rollout.top_k,
+    max_new_tokens=c.rollout.max_new_tokens,
+  )
   policy = distributed.Lockstep(
-      make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20)))
+    make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20))
+  )
   tasks = eval_tables.first_per_split(run.env.eval_tasks, c.train.eval_tasks)
   tasks = tasks[distributed.process_range(len(tasks))]
   own_pool = run.env.eval_factory is not None or c.train.eval_envs > 0
   num_envs = max(1, min(len(tasks), c.train.eval_envs or run.pool.num_envs))
-  pool = run.pool if not own_pool else EnvPool(run.env.eval_factory or run.env.factory, num_envs,
-                                               c.env.num_workers, c.env.step_timeout_s)
+  pool = (
+    run.pool
+    if not own_pool
+    else EnvPool(run.env.eval_factory or run.env.factory, num_envs, c.env.num_workers, c.env.step_timeout_s)
+  )
   try:
-    _, trajectories = eval_tables.evaluate(pool, policy, run.model.loaded.tokenizer, run.env.agent, tasks,
-                                          c.rollout.max_prompt_tokens, c.rollout.truncation_side)
+    _, trajectories = eval_tables.evaluate(
+      pool,
+      policy,
+      run.model.loaded.tokenizer,
+      run.env.agent,
+      tasks,
+      c.rollout.max_prompt_tokens,
+      c.rollout.truncation_side,
+    )
     policy.finish()
   finally:
     if pool is not run.pool:
@@ -224,7 +305,7 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
   metrics = {f"eval/{k}": v for k, v in table["all"].items()}
   for name, row in table.items():
     if name.startswith("split:"):
-      metrics.update({f"eval/{name[len('split:'):]}/{k}": v for k, v in row.items()})
+      metrics.update({f"eval/{name[len('split:') :]}/{k}": v for k, v in row.items()})
   return metrics
 
 
@@ -258,9 +339,17 @@ def train(config, workdir: str) -> dict[str, float]:
 
   try:
     last, finished = scaffold.checkpointed_loop(
-        run.model, start=run.start_iteration, steps=t.steps, step_fn=iteration, checkpointer=run.checkpointer,
-        writer=run.writer, host_state=lambda done: host_state(run, done), desc="iterations", unit="iteration",
-        on_start=initial_evaluation)
+      run.model,
+      start=run.start_iteration,
+      steps=t.steps,
+      step_fn=iteration,
+      checkpointer=run.checkpointer,
+      writer=run.writer,
+      host_state=lambda done: host_state(run, done),
+      desc="iterations",
+      unit="iteration",
+      on_start=initial_evaluation,
+    )
   finally:
     run.pool.close()
     if run.analyzer is not None:
@@ -273,7 +362,9 @@ def train(config, workdir: str) -> dict[str, float]:
 def report_run(workdir: str) -> None:
   """The closing summary table (printed and saved) and the learning-curve plot, from metrics.jsonl."""
   from etils import epath
+
   from opid_jax.training import curves, summary
+
   rows = curves.read_run(workdir)
   table = summary.summary_table(rows)
   (epath.Path(workdir) / "summary.md").write_text(table + "\n")

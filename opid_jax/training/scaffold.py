@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(kw_only=True)
 class Trainable:
   """A sharded model and its optimizer state: what a training loop updates and checkpoints."""
+
   mesh: Any
   rules: tuple
   loaded: loading.LoadedModel
@@ -39,22 +40,30 @@ def build_trainable(config, model_path: str) -> Trainable:
   """Mesh from `config.mesh`, the model at `model_path` loaded straight onto its shardings, AdamW state."""
   mesh = mesh_lib.make_mesh(dict(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor))
   rules = tuple((k, tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.mesh.rules)
-  loaded = loading.load(model_path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                        remat=config.model.remat, shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules))
+  loaded = loading.load(
+    model_path,
+    dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
+    remat=config.model.remat,
+    shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules),
+  )
   graphdef, params = nnx.split(loaded.model)
   tx = update.optimizer_from_config(config.optim, config.train.steps)
-  return Trainable(mesh=mesh, rules=rules, loaded=loaded, graphdef=graphdef, tx=tx,
-                   state=update.init_train_state(params, tx))
+  return Trainable(
+    mesh=mesh, rules=rules, loaded=loaded, graphdef=graphdef, tx=tx, state=update.init_train_state(params, tx)
+  )
 
 
 def make_checkpointer(config, workdir: str) -> Checkpointer:
   c = config.checkpoint
-  return Checkpointer(c.get("dir") or os.path.join(workdir, "checkpoints"), keep=c.keep, save_every=c.save_every,
-                      async_save=c.async_save)
+  return Checkpointer(
+    c.get("dir") or os.path.join(workdir, "checkpoints"), keep=c.keep, save_every=c.save_every, async_save=c.async_save
+  )
 
 
-def restore_or_start(checkpointer: Checkpointer, writer: MetricsWriter, state: update.TrainState,
-                     unit: str = "step") -> tuple[int, update.TrainState, dict | None]:
+def restore_or_start(
+  checkpointer: Checkpointer, writer: MetricsWriter, state: update.TrainState, unit: str = "step"
+) -> tuple[int, update.TrainState, dict | None]:
   """(first step to run, train state, host state or None): the latest checkpoint restored onto `state`'s
   shardings (the current mesh), or step 0. Metric rows of steps about to be redone are dropped."""
   latest = checkpointer.latest_step()
@@ -85,9 +94,19 @@ def _restore_target(state):
 StepFn = Callable[[int, PhaseTimer], dict[str, float]]
 
 
-def checkpointed_loop(trainable: Trainable, *, start: int, steps: int, step_fn: StepFn,
-                      checkpointer: Checkpointer, writer: MetricsWriter, host_state: Callable[[int], dict],
-                      desc: str, unit: str = "step", on_start: Callable[[], None] | None = None) -> tuple[dict[str, float], bool]:
+def checkpointed_loop(
+  trainable: Trainable,
+  *,
+  start: int,
+  steps: int,
+  step_fn: StepFn,
+  checkpointer: Checkpointer,
+  writer: MetricsWriter,
+  host_state: Callable[[int], dict],
+  desc: str,
+  unit: str = "step",
+  on_start: Callable[[], None] | None = None,
+) -> tuple[dict[str, float], bool]:
   """Runs steps start..steps-1: `step_fn(step, timer)` does the work and returns its metrics (it updates
   `trainable.state`); then the row (with time/<phase> and time/step) is logged and the step saved when due.
   Returns (last metrics, finished); finished is False when a stop signal ended the loop after a forced save.
@@ -97,8 +116,14 @@ def checkpointed_loop(trainable: Trainable, *, start: int, steps: int, step_fn: 
     with use_rules(trainable.mesh, trainable.rules), PreemptionGuard() as guard:
       if on_start is not None:
         on_start()
-      bar = tqdm.tqdm(range(start, steps), desc=desc, initial=start, total=steps, dynamic_ncols=True,
-                      disable=not distributed.is_lead())
+      bar = tqdm.tqdm(
+        range(start, steps),
+        desc=desc,
+        initial=start,
+        total=steps,
+        dynamic_ncols=True,
+        disable=not distributed.is_lead(),
+      )
       timer = PhaseTimer(on_phase=bar.set_postfix_str)
       for step in bar:
         metrics = step_fn(step, timer)

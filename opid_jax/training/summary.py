@@ -23,8 +23,11 @@ def summary_rows(rows: Sequence[dict]) -> list[tuple[str, str, str]]:
   train_rows = [r for r in rows if r.get("step", 0) > 0 and "success" in r]
   evals = [r for r in rows if r.get("eval/success") is not None]
   out = []
-  for key, label in (("success", "success rate"), ("valid_action_ratio", "valid-action ratio"),
-                     ("episode_length", "episode length")):
+  for key, label in (
+    ("success", "success rate"),
+    ("valid_action_ratio", "valid-action ratio"),
+    ("episode_length", "episode length"),
+  ):
     if len(evals) >= 2:
       out.append((f"{label} (eval)", _fmt(evals[0].get(f"eval/{key}")), _fmt(evals[-1].get(f"eval/{key}"))))
     out.append((f"{label} (training rollouts)", _fmt(_first(train_rows, key)), _fmt(_last(train_rows, key))))

@@ -27,7 +27,7 @@ GROUP_SIZE = 8  # rollouts per goal
 SUCCESS_REWARD = 10.0  # episode reward for a purchase that scores exactly 1.0
 INVALID_PENALTY = 0.1  # subtracted from a step's score when the policy's output was malformed
 
-_ACTION = re.compile(r'(.+)\[(.+)\]')  # WebShop's parse: the name, then everything up to the last ']'
+_ACTION = re.compile(r"(.+)\[(.+)\]")  # WebShop's parse: the name, then everything up to the last ']'
 
 
 def parse_action(action: str) -> tuple[str, str | None]:
@@ -59,24 +59,34 @@ class WebShopEnv(Env):
     self.score, self.steps = 0.0, 0
     self._clear_session()
     self.page = pages.search_page(self.goal.instruction_text)
-    return ResetResult(observation=self.page.observation, task=self.goal.instruction_text,
-                       task_type=self.goal.category, admissible_actions=self.page.admissible_actions,
-                       info=self._info(accepted=True))
+    return ResetResult(
+      observation=self.page.observation,
+      task=self.goal.instruction_text,
+      task_type=self.goal.category,
+      admissible_actions=self.page.admissible_actions,
+      info=self._info(accepted=True),
+    )
 
   def _info(self, accepted: bool, **extra) -> dict:
-    return {'goal_index': self.task_index, 'page': self.page.name, 'action_accepted': accepted,
-            'available_actions': {'has_search_bar': self.page.has_search_bar,
-                                  'clickables': list(self.page.clickables)},
-            'score': self.score, 'won': self.done and self.score == 1.0, 'steps': self.steps,
-            'truncated': self.truncated, **extra}
+    return {
+      "goal_index": self.task_index,
+      "page": self.page.name,
+      "action_accepted": accepted,
+      "available_actions": {"has_search_bar": self.page.has_search_bar, "clickables": list(self.page.clickables)},
+      "score": self.score,
+      "won": self.done and self.score == 1.0,
+      "steps": self.steps,
+      "truncated": self.truncated,
+      **extra,
+    }
 
   # --- transitions (WebShop's SimServer.receive) -------------------------------------------------
   def _show_results(self, keywords: list[str], page_number: int) -> None:
     self.keywords, self.results_page = keywords, page_number
     self.asin, self.options = None, {}
-    found = self.world.search(' '.join(keywords))
+    found = self.world.search(" ".join(keywords))
     start = (page_number - 1) * pages.PRODUCTS_PER_PAGE
-    shown = found[max(start, 0):max(start + pages.PRODUCTS_PER_PAGE, 0)]
+    shown = found[max(start, 0) : max(start + pages.PRODUCTS_PER_PAGE, 0)]
     self.page = pages.results_page(self.goal.instruction_text, shown, page_number, len(found))
 
   def _show_item(self) -> None:
@@ -90,20 +100,20 @@ class WebShopEnv(Env):
     if target == pages.BACK_TO_SEARCH.lower():
       self._clear_session()
       self.page = pages.search_page(self.goal.instruction_text)
-    elif target == pages.NEXT_PAGE.lower() and current == 'results':
+    elif target == pages.NEXT_PAGE.lower() and current == "results":
       self._show_results(self.keywords, self.results_page + 1)
-    elif target == pages.PREV_PAGE.lower() and current == 'results':
+    elif target == pages.PREV_PAGE.lower() and current == "results":
       self._show_results(self.keywords, self.results_page - 1)
-    elif target == pages.PREV_PAGE.lower() and current in ('description', 'features', 'reviews'):
+    elif target == pages.PREV_PAGE.lower() and current in ("description", "features", "reviews"):
       self._show_item()
-    elif target == pages.PREV_PAGE.lower() and current == 'item':
+    elif target == pages.PREV_PAGE.lower() and current == "item":
       self._show_results(self.keywords, self.results_page)
-    elif target in ('description', 'features', 'reviews'):
+    elif target in ("description", "features", "reviews"):
       self.page = pages.sub_page(self.goal.instruction_text, self.world.by_asin[self.asin], target)
     else:
-      if clickable.kind == 'product':
+      if clickable.kind == "product":
         self.asin = target.upper()
-      elif clickable.kind == 'option':
+      elif clickable.kind == "option":
         self.options[clickable.option_name] = target
       self._show_item()
     return {}
@@ -113,23 +123,29 @@ class WebShopEnv(Env):
     breakdown = purchase_score(product, self.goal, self.world.prices[self.asin], self.options)
     self.done, self.score = True, breakdown.score
     self.page = pages.done_page(self.asin, self.options, breakdown.score)
-    return {'purchased_asin': self.asin, 'purchased_options': dict(self.options),
-            'score_details': {'attributes': (breakdown.attributes_matched, breakdown.n_attributes),
-                              'options': (breakdown.options_matched, breakdown.n_options),
-                              'price_ok': breakdown.price_ok, 'r_type': breakdown.type_match.r_type}}
+    return {
+      "purchased_asin": self.asin,
+      "purchased_options": dict(self.options),
+      "score_details": {
+        "attributes": (breakdown.attributes_matched, breakdown.n_attributes),
+        "options": (breakdown.options_matched, breakdown.n_options),
+        "price_ok": breakdown.price_ok,
+        "r_type": breakdown.type_match.r_type,
+      },
+    }
 
   def step(self, action: str) -> StepResult:
     if self.goal is None:
-      raise RuntimeError('reset() first')
+      raise RuntimeError("reset() first")
     if self.done:
       return self._result(accepted=False)
     self.steps += 1
     name, argument = parse_action(action.strip())
     argument = argument.lower() if argument is not None else None
     accepted, extra = True, {}
-    if name == 'search' and argument:
-      self._show_results(argument.split(' '), 1)
-    elif name == 'click' and argument in self.page.clickables and argument != 'search':
+    if name == "search" and argument:
+      self._show_results(argument.split(" "), 1)
+    elif name == "click" and argument in self.page.clickables and argument != "search":
       extra = self._click(argument)
     else:
       accepted = False
@@ -139,26 +155,32 @@ class WebShopEnv(Env):
 
   def _result(self, accepted: bool, **extra) -> StepResult:
     won = self.done and self.score == 1.0
-    bought_now = 'purchased_asin' in extra
-    return StepResult(observation=self.page.observation, reward=SUCCESS_REWARD if (won and bought_now) else 0.0,
-                      done=self.done, won=won, admissible_actions=self.page.admissible_actions,
-                      info=self._info(accepted, **extra))
+    bought_now = "purchased_asin" in extra
+    return StepResult(
+      observation=self.page.observation,
+      reward=SUCCESS_REWARD if (won and bought_now) else 0.0,
+      done=self.done,
+      won=won,
+      admissible_actions=self.page.admissible_actions,
+      info=self._info(accepted, **extra),
+    )
 
   # --- privileged knowledge ----------------------------------------------------------------------
   def hindsight(self) -> Hindsight:
     if self.goal is None:
       return Hindsight()
     product = self.world.by_asin[self.goal.asin]
-    return Hindsight(expert_actions=expert_actions(self.world, self.goal),
-                     notes=goal_notes(self.world, self.goal, product))
+    return Hindsight(
+      expert_actions=expert_actions(self.world, self.goal), notes=goal_notes(self.world, self.goal, product)
+    )
 
 
 def _search_text(text: str) -> str:
-  return re.sub(r'[\[\]]', ' ', text).lower().strip()
+  return re.sub(r"[\[\]]", " ", text).lower().strip()
 
 
 def candidate_queries(goal: Goal, product: Product) -> list[str]:
-  instruction = product.instruction_text or goal.instruction_text.split(', and price lower than')[0]
+  instruction = product.instruction_text or goal.instruction_text.split(", and price lower than")[0]
   queries = [instruction, f"{product.query} {' '.join(goal.attributes)}", product.title]
   return [q for q in (_search_text(q) for q in queries) if q]
 
@@ -189,20 +211,22 @@ def expert_actions(world: WebShopWorld, goal: Goal) -> tuple[str, ...]:
       break
   else:
     return ()
-  actions = [f'search[{query}]'] + ['click[next >]'] * (position // pages.PRODUCTS_PER_PAGE)
-  actions.append(f'click[{goal.asin.lower()}]')
-  actions += [f'click[{value}]' for value in expert_options(goal, product).values()]
-  actions.append('click[buy now]')
+  actions = [f"search[{query}]"] + ["click[next >]"] * (position // pages.PRODUCTS_PER_PAGE)
+  actions.append(f"click[{goal.asin.lower()}]")
+  actions += [f"click[{value}]" for value in expert_options(goal, product).values()]
+  actions.append("click[buy now]")
   return tuple(actions)
 
 
 def goal_notes(world: WebShopWorld, goal: Goal, product: Product) -> str:
   options = goal_option_items(goal.goal_options)
-  option_text = ', '.join(f'{o[0]}: {o[1]}' if isinstance(o, tuple) else str(o) for o in options) or 'none'
-  limit = 'none' if goal.price_upper >= NO_PRICE_LIMIT else f'{goal.price_upper:.2f} dollars'
+  option_text = ", ".join(f"{o[0]}: {o[1]}" if isinstance(o, tuple) else str(o) for o in options) or "none"
+  limit = "none" if goal.price_upper >= NO_PRICE_LIMIT else f"{goal.price_upper:.2f} dollars"
   price = world.prices[goal.asin]
   expert_score = purchase_score(product, goal, price, expert_options(goal, product)).score
-  return (f'Target product {goal.asin}: "{product.title}" ({product.product_category}). '
-          f"Attributes to satisfy: {', '.join(goal.attributes) or 'none'}. Options to select: {option_text}. "
-          f'Price limit: {limit}; it sells for {price:.2f} dollars ({product.price_tag}). '
-          f'Buying it with those options scores {expert_score:.2f}.')
+  return (
+    f'Target product {goal.asin}: "{product.title}" ({product.product_category}). '
+    f"Attributes to satisfy: {', '.join(goal.attributes) or 'none'}. Options to select: {option_text}. "
+    f"Price limit: {limit}; it sells for {price:.2f} dollars ({product.price_tag}). "
+    f"Buying it with those options scores {expert_score:.2f}."
+  )

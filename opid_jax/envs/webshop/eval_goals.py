@@ -12,8 +12,11 @@ def summarize_episodes(records: Iterable[tuple[float, bool]]) -> dict[str, float
   """
   records = list(records)
   if not records:
-    return {'score': 0.0, 'success_rate': 0.0, 'episodes': 0}
+    return {"score": 0.0, "success_rate": 0.0, "episodes": 0}
   total_score = sum(float(score) for score, _ in records)
   successes = sum(1 for _, success in records if success)
-  return {'score': 100.0 * total_score / len(records), 'success_rate': 100.0 * successes / len(records),
-          'episodes': len(records)}
+  return {
+    "score": 100.0 * total_score / len(records),
+    "success_rate": 100.0 * successes / len(records),
+    "episodes": len(records),
+  }

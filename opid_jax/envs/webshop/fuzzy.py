@@ -11,16 +11,108 @@ import functools
 
 # WebShop's colour vocabulary (engine/normalize.py), in its order: the first one contained in an option wins.
 COLOR_SET = (
-  'alabaster', 'apricot', 'aqua', 'ash', 'asphalt', 'azure', 'banana', 'beige', 'black', 'blue', 'blush',
-  'bordeaux', 'bronze', 'brown', 'burgundy', 'camel', 'camo', 'caramel', 'champagne', 'charcoal', 'cheetah',
-  'chestnut', 'chocolate', 'christmas', 'coffee', 'cognac', 'copper', 'coral', 'cranberry', 'cream', 'crystal',
-  'dark', 'denim', 'eggplant', 'elephant', 'espresso', 'fuchsia', 'gold', 'granite', 'grape', 'graphite', 'grass',
-  'gray', 'green', 'grey', 'heather', 'indigo', 'ivory', 'ivy', 'khaki', 'lavender', 'lemon', 'leopard', 'light',
-  'lilac', 'lime', 'magenta', 'maroon', 'mauve', 'merlot', 'midnight', 'mint', 'mocha', 'multicolor', 'mushroom',
-  'mustard', 'natural', 'navy', 'nude', 'olive', 'orange', 'peach', 'pewter', 'pink', 'plum', 'purple', 'rainbow',
-  'red', 'rose', 'royal', 'rust', 'sand', 'sapphire', 'seashell', 'silver', 'skull', 'slate', 'steel', 'stone',
-  'stonewash', 'sunflower', 'tan', 'taupe', 'teal', 'tiger', 'turquoise', 'violet', 'walnut', 'wheat', 'white',
-  'wine', 'yellow',
+  "alabaster",
+  "apricot",
+  "aqua",
+  "ash",
+  "asphalt",
+  "azure",
+  "banana",
+  "beige",
+  "black",
+  "blue",
+  "blush",
+  "bordeaux",
+  "bronze",
+  "brown",
+  "burgundy",
+  "camel",
+  "camo",
+  "caramel",
+  "champagne",
+  "charcoal",
+  "cheetah",
+  "chestnut",
+  "chocolate",
+  "christmas",
+  "coffee",
+  "cognac",
+  "copper",
+  "coral",
+  "cranberry",
+  "cream",
+  "crystal",
+  "dark",
+  "denim",
+  "eggplant",
+  "elephant",
+  "espresso",
+  "fuchsia",
+  "gold",
+  "granite",
+  "grape",
+  "graphite",
+  "grass",
+  "gray",
+  "green",
+  "grey",
+  "heather",
+  "indigo",
+  "ivory",
+  "ivy",
+  "khaki",
+  "lavender",
+  "lemon",
+  "leopard",
+  "light",
+  "lilac",
+  "lime",
+  "magenta",
+  "maroon",
+  "mauve",
+  "merlot",
+  "midnight",
+  "mint",
+  "mocha",
+  "multicolor",
+  "mushroom",
+  "mustard",
+  "natural",
+  "navy",
+  "nude",
+  "olive",
+  "orange",
+  "peach",
+  "pewter",
+  "pink",
+  "plum",
+  "purple",
+  "rainbow",
+  "red",
+  "rose",
+  "royal",
+  "rust",
+  "sand",
+  "sapphire",
+  "seashell",
+  "silver",
+  "skull",
+  "slate",
+  "steel",
+  "stone",
+  "stonewash",
+  "sunflower",
+  "tan",
+  "taupe",
+  "teal",
+  "tiger",
+  "turquoise",
+  "violet",
+  "walnut",
+  "wheat",
+  "white",
+  "wine",
+  "yellow",
 )
 
 
@@ -39,8 +131,8 @@ def normalize_color(option) -> str | tuple:
 def preprocess(text) -> str:
   """thefuzz's full_process with force_ascii: non-strings go through str(), as thefuzz does."""
   text = str(text)
-  ascii_only = ''.join(ch for ch in text if ord(ch) < 128)
-  spaced = ''.join(ch if ch.isalnum() else ' ' for ch in ascii_only)
+  ascii_only = "".join(ch for ch in text if ord(ch) < 128)
+  spaced = "".join(ch if ch.isalnum() else " " for ch in ascii_only)
   return spaced.lower().strip()
 
 
@@ -69,11 +161,10 @@ def _token_set_ratio_processed(a: str, b: str) -> int:
   tokens_a, tokens_b = set(a.split()), set(b.split())
   if not tokens_a or not tokens_b:
     return 0
-  common = ' '.join(sorted(tokens_a & tokens_b))
-  with_rest_a = (common + ' ' + ' '.join(sorted(tokens_a - tokens_b))).strip()
-  with_rest_b = (common + ' ' + ' '.join(sorted(tokens_b - tokens_a))).strip()
-  best = max(indel_ratio(common, with_rest_a), indel_ratio(common, with_rest_b),
-             indel_ratio(with_rest_a, with_rest_b))
+  common = " ".join(sorted(tokens_a & tokens_b))
+  with_rest_a = (common + " " + " ".join(sorted(tokens_a - tokens_b))).strip()
+  with_rest_b = (common + " " + " ".join(sorted(tokens_b - tokens_a))).strip()
+  best = max(indel_ratio(common, with_rest_a), indel_ratio(common, with_rest_b), indel_ratio(with_rest_a, with_rest_b))
   return int(round(best))
 
 

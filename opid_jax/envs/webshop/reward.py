@@ -18,22 +18,25 @@ FUZZY_MATCH_THRESHOLD = 85  # a fuzzy score must be strictly above this
 # WebShop finds nouns with spaCy. Product names are Title Case, which spaCy tags mostly NOUN/PROPN, so
 # "every content word" is a close, dependency-free stand-in: words with a letter, minus function words
 # and -ly adverbs.
-_FUNCTION_WORDS = frozenset("""
+_FUNCTION_WORDS = frozenset(
+  """
 a an the and or nor but so yet for of to in on at by with without from into onto over under up down out off
 about above below between among through during before after since until upon within along across against
 per via than as if then this that these those it its it's is are was were be been being am do does did has
 have had will would can could may might must shall should not no yes all any each every both either neither
 some such only own same other another more most less least very too also just my your his her our their
 i you he she we they me him us them who whom whose which what when where why how here there
-""".split())
-_WORD = re.compile(r'[a-z0-9]+')
+""".split()
+)
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 def name_nouns(name: str) -> list[str]:
   """Lower-cased words of a product name that count as nouns for the type factor (see module note)."""
   words = _WORD.findall(name.lower())
-  return [w for w in words if len(w) > 1 and any(c.isalpha() for c in w)
-          and w not in _FUNCTION_WORDS and not w.endswith('ly')]
+  return [
+    w for w in words if len(w) > 1 and any(c.isalpha() for c in w) and w not in _FUNCTION_WORDS and not w.endswith("ly")
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +47,18 @@ class TypeMatch:
   title_score: float
 
 
-def type_factor(purchased_query: str, purchased_category: str, purchased_name: str,
-                goal_query: str, goal_category: str, goal_name: str) -> TypeMatch:
+def type_factor(
+  purchased_query: str,
+  purchased_category: str,
+  purchased_name: str,
+  goal_query: str,
+  goal_category: str,
+  goal_name: str,
+) -> TypeMatch:
   """1.0 when the product is of the goal's type; 0.5, 0.1 or 0.0 as the name nouns overlap less."""
   query_match = purchased_query == goal_query
-  purchased_levels = {level.strip() for level in purchased_category.split('›')}
-  goal_levels = {level.strip() for level in goal_category.split('›')}
+  purchased_levels = {level.strip() for level in purchased_category.split("›")}
+  goal_levels = {level.strip() for level in goal_category.split("›")}
   category_match = len(purchased_levels & goal_levels) >= 2
   purchased_nouns, goal_nouns = set(name_nouns(purchased_name)), name_nouns(goal_name)
   if goal_nouns:
@@ -69,7 +78,7 @@ def type_factor(purchased_query: str, purchased_category: str, purchased_name: s
 
 def attribute_matches(goal_attributes, product_attributes, title: str, bullet_points, description: str) -> int:
   """Goal attributes found in the product: fuzzy against its attribute list, else as a substring of its text."""
-  bullets_text = ' '.join(bullet_points).lower()
+  bullets_text = " ".join(bullet_points).lower()
   matched = 0
   for goal_attr in goal_attributes:
     if any(token_set_ratio(p_attr, goal_attr) > FUZZY_MATCH_THRESHOLD for p_attr in product_attributes):
@@ -110,11 +119,13 @@ class ScoreBreakdown:
 
 def purchase_score(product, goal, price: float, chosen_options: Mapping[str, str]) -> ScoreBreakdown:
   """WebShop's reward for buying `product` at `price` with `chosen_options` under `goal`."""
-  type_match = type_factor(product.query, product.product_category, product.name,
-                           goal.query, goal.product_category, goal.name)
+  type_match = type_factor(
+    product.query, product.product_category, product.name, goal.query, goal.product_category, goal.name
+  )
   price_ok = price <= goal.price_upper
-  n_attr = attribute_matches(goal.attributes, product.attributes, product.title, product.bullet_points,
-                             product.description)
+  n_attr = attribute_matches(
+    goal.attributes, product.attributes, product.title, product.bullet_points, product.description
+  )
   n_opt = option_matches(goal.goal_options, chosen_options)
   denominator = len(goal.attributes) + len(goal.goal_options) + 1
   score = (n_attr + n_opt + int(price_ok)) / denominator * type_match.r_type

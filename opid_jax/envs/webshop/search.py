@@ -20,26 +20,58 @@ BM25_K1 = 0.9
 BM25_B = 0.4
 SEARCH_RETURN_N = 50
 
-LUCENE_ENGLISH_STOPWORDS = frozenset((
-  'a', 'an', 'and', 'are', 'as', 'at', 'be', 'but', 'by', 'for', 'if', 'in', 'into', 'is', 'it', 'no', 'not',
-  'of', 'on', 'or', 'such', 'that', 'the', 'their', 'then', 'there', 'these', 'they', 'this', 'to', 'was',
-  'will', 'with'))
+LUCENE_ENGLISH_STOPWORDS = frozenset(
+  (
+    "a",
+    "an",
+    "and",
+    "are",
+    "as",
+    "at",
+    "be",
+    "but",
+    "by",
+    "for",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "no",
+    "not",
+    "of",
+    "on",
+    "or",
+    "such",
+    "that",
+    "the",
+    "their",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "to",
+    "was",
+    "will",
+    "with",
+  )
+)
 _TOKEN = re.compile(r"\w+(?:(?:(?<=\d)[.,](?=\d)|(?<=[^\W\d_])['’](?=[^\W\d_]))\w+)*")
 
 
-def product_document(title: str, description: str, bullet_points: Sequence[str],
-                     options: dict[str, list[str]]) -> str:
+def product_document(title: str, description: str, bullet_points: Sequence[str], options: dict[str, list[str]]) -> str:
   """Title, description, the first bullet point and the option text, lower-cased (WebShop's index text)."""
-  option_text = ', and '.join(f"{name}: {', '.join(values)}" for name, values in options.items())
-  first_bullet = bullet_points[0] if bullet_points else ''
-  return ' '.join([title, description, first_bullet or '', option_text]).lower()
+  option_text = ", and ".join(f"{name}: {', '.join(values)}" for name, values in options.items())
+  first_bullet = bullet_points[0] if bullet_points else ""
+  return " ".join([title, description, first_bullet or "", option_text]).lower()
 
 
 class Analyzer:
   """Text -> index terms; stems are cached since product text repeats its vocabulary a lot."""
 
   def __init__(self):
-    self._stemmer = Stemmer.Stemmer('porter')
+    self._stemmer = Stemmer.Stemmer("porter")
     self._stems: dict[str, str] = {}
 
   def _stem(self, word: str) -> str:
@@ -64,7 +96,7 @@ class ProductIndex:
   def __init__(self, documents: Sequence[str]):
     self.analyzer = Analyzer()
     self.size = len(documents)
-    self._bm25 = import_bm25s().BM25(k1=BM25_K1, b=BM25_B, method='lucene')
+    self._bm25 = import_bm25s().BM25(k1=BM25_K1, b=BM25_B, method="lucene")
     self._bm25.index([self.analyzer(doc) for doc in documents], show_progress=False)
 
   def search(self, query: str, k: int = SEARCH_RETURN_N) -> list[int]:

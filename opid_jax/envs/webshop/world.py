@@ -31,9 +31,11 @@ class WebShopWorld:
 
   def task_ids(self, split: str) -> list[str]:
     """Goal indices as strings: 'test' = 0..499, 'train' = 500.., 'all' = every goal."""
-    indices = {'test': range(min(TEST_GOALS, len(self.goals))),
-               'train': range(TEST_GOALS, len(self.goals)),
-               'all': range(len(self.goals))}[split]
+    indices = {
+      "test": range(min(TEST_GOALS, len(self.goals))),
+      "train": range(TEST_GOALS, len(self.goals)),
+      "all": range(len(self.goals)),
+    }[split]
     return [str(i) for i in indices]
 
 
@@ -47,16 +49,21 @@ def build_world(products: list[data.Product], use_human_goals: bool = False, see
 
 
 @functools.lru_cache(maxsize=4)
-def load_world(data_dir: str | None = None, products_path: str | None = None,
-               attributes_path: str | None = None, human_goals_path: str | None = None,
-               use_human_goals: bool = False, num_products: int | None = None,
-               seed: int = GOAL_SEED) -> WebShopWorld:
+def load_world(
+  data_dir: str | None = None,
+  products_path: str | None = None,
+  attributes_path: str | None = None,
+  human_goals_path: str | None = None,
+  use_human_goals: bool = False,
+  num_products: int | None = None,
+  seed: int = GOAL_SEED,
+) -> WebShopWorld:
   """Reads WebShop's files (explicit paths, or the pair found in data_dir) and builds the world."""
   products_path, attributes_path = data.resolve_data_files(data_dir, products_path, attributes_path)
   if use_human_goals and (human_goals_path is None or not os.path.exists(human_goals_path)):
-    raise data.WebShopDataMissingError(data.missing_data_message(
-      ['items_human_ins.json'], human_goals_path or data_dir or 'the given paths'))
+    raise data.WebShopDataMissingError(
+      data.missing_data_message(["items_human_ins.json"], human_goals_path or data_dir or "the given paths")
+    )
   human = data.read_json(human_goals_path) if use_human_goals else None
-  products = data.build_products(data.read_json(products_path), data.read_json(attributes_path), human,
-                                 num_products)
+  products = data.build_products(data.read_json(products_path), data.read_json(attributes_path), human, num_products)
   return build_world(products, use_human_goals, seed)
