@@ -1,7 +1,8 @@
 # make setup  : .venv with the pinned runtime stack (CPU jax) and the offline demo model
 # make test   : lint, then the whole test suite, offline (what .ci/run calls)
 # make lint   : ruff format --check and ruff check (make format applies the formatter and the safe fixes)
-# make demo   : OPID on real ALFWorld games with SmolLM2-135M, offline, CPU (about 15 minutes)
+# make demo   : OPID on real ALFWorld games with a small ALFWorld policy that acts, offline, CPU (under 10 minutes)
+# make demo-smollm2 : the same pipeline on SmolLM2-135M-Instruct, a real pretrained instruct model (under 15 minutes)
 # make data   : unpack the ALFWorld games into ./data (from ../shared/data or ALFWORLD_ARCHIVE)
 # make bench  : engine benchmark against transformers
 
@@ -12,7 +13,7 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 SHARED ?= ../shared
 ALFWORLD_ARCHIVE ?= $(SHARED)/data/alfworld/json_2.1.1.tar.gz
 
-.PHONY: setup setup-test lint format test test-fast data demo bench clean
+.PHONY: setup setup-test lint format test test-fast data demo demo-smollm2 bench clean
 
 setup: $(VENV)/.runtime
 
@@ -49,6 +50,9 @@ data: setup
 
 demo: setup data
 	HF_HUB_OFFLINE=1 $(PY) -m opid_jax.train --config=configs/demo.py --workdir=runs/demo
+
+demo-smollm2: setup data
+	HF_HUB_OFFLINE=1 $(PY) -m opid_jax.train --config=configs/demo_smollm2.py --workdir=runs/demo_smollm2
 
 bench: setup-test
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/engine.py

@@ -79,9 +79,11 @@ def run_groups(
   first_group_id: int = 0,
   first_traj_id: int = 0,
   truncation_side: str = "left",
+  on_episode_end: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
   """Plays `group_size` episodes of each task to the end; trajectories come back in
-  `(group, member)` order. Episodes run in waves of at most `pool.num_envs`."""
+  `(group, member)` order. Episodes run in waves of at most `pool.num_envs`. `on_episode_end` (e.g. a progress
+  bar) is called with each trajectory as soon as its episode ends."""
   episodes = group_tasks(task_ids, group_size, first_group_id, first_traj_id)
   trajectories = []
   for start in range(0, len(episodes), pool.num_envs):
@@ -95,6 +97,7 @@ def run_groups(
         max_prompt_tokens,
         truncation_side,
         enable_thinking,
+        on_episode_end,
       )
     )
   return trajectories
@@ -109,6 +112,7 @@ def _run_wave(
   max_prompt_tokens: int | None,
   truncation_side: str,
   enable_thinking: bool,
+  on_episode_end: Callable[[Trajectory], None] | None = None,
 ) -> list[Trajectory]:
   resets = pool.reset([(env_index, task_id) for env_index, (_, _, task_id) in enumerate(wave)])
   hindsights = pool.hindsight(list(range(len(wave))))
@@ -129,11 +133,16 @@ def _run_wave(
         env_index, trajectory, reset.observation, list(reset.admissible_actions), running=not trajectory.failure_reason
       )
     )
+  ended = [e for e in episodes if not e.running]  # failed at reset
   while True:
+    for e in ended:
+      if on_episode_end is not None:
+        on_episode_end(e.trajectory)
     running = [e for e in episodes if e.running]
     if not running:
       break
     _play_turn(pool, policy, tokenizer, running, agent, max_prompt_tokens, truncation_side, enable_thinking)
+    ended = [e for e in running if not e.running]
   return [e.trajectory for e in episodes]
 
 

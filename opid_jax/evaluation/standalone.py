@@ -46,7 +46,9 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
     num_workers=config.env.num_workers,
     timeout_s=config.env.step_timeout_s,
   ) as pool:
-    table, _ = tables.evaluate(pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens, r.truncation_side)
+    table, _ = tables.evaluate(
+      pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens, r.truncation_side, progress=True
+    )
   name = f"eval_{config.env.eval_split.replace(',', '+')}"
   report = {
     "checkpoint_iteration": step,

@@ -6,6 +6,7 @@ import collections
 from typing import Callable, Sequence
 
 import numpy as np
+import tqdm
 
 from opid_jax.agent import rollout
 from opid_jax.agent.trajectory import Trajectory
@@ -67,10 +68,32 @@ def evaluate(
   task_ids: Sequence[str],
   max_prompt_tokens: int | None,
   truncation_side: str = "left",
+  progress: bool = False,
 ) -> tuple[dict[str, dict[str, float]], list[Trajectory]]:
-  trajectories = rollout.run_groups(
-    pool, policy, tokenizer, task_ids, 1, agent, max_prompt_tokens, truncation_side=truncation_side
-  )
+  """One episode per task; with `progress`, a bar on stderr counts finished games and the success so far."""
+  bar = tqdm.tqdm(total=len(task_ids), desc="evaluation", unit="game", disable=not progress, dynamic_ncols=True)
+  counts = {"won": 0, "done": 0}  # a disabled bar counts nothing
+
+  def finished(trajectory: Trajectory) -> None:
+    counts["won"] += bool(trajectory.won)
+    counts["done"] += 1
+    bar.update(1)
+    bar.set_postfix_str(f"success {counts['won']}/{counts['done']} = {counts['won'] / counts['done']:.3f}")
+
+  try:
+    trajectories = rollout.run_groups(
+      pool,
+      policy,
+      tokenizer,
+      task_ids,
+      1,
+      agent,
+      max_prompt_tokens,
+      truncation_side=truncation_side,
+      on_episode_end=finished,
+    )
+  finally:
+    bar.close()
   return per_task_type(trajectories), trajectories
 
 

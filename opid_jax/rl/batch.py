@@ -21,6 +21,12 @@ class StepSample:
   old_logp: np.ndarray  # [len(response_ids)]
   advantages: np.ndarray  # [len(response_ids)], per token
   ref_logp: np.ndarray | None = None
+  # Where the sample came from and what OPID's two signals said about it (for trajectory dumps; the update
+  # reads only the fields above): (traj_id, step index), the step's episode advantage, and the sum over the
+  # response of logp_skill - logp_old (None when no skill was routed to the step).
+  source: tuple[int, int] | None = None
+  episode_advantage: float = 0.0
+  skill_logp_delta: float | None = None
 
 
 def pad_samples(

@@ -123,8 +123,11 @@ def build_samples(
       old_logp=np.asarray(lo, np.float32),
       advantages=np.asarray(a, np.float32),
       ref_logp=None if logp_ref is None else np.asarray(logp_ref[i], np.float32),
+      source=(traj.traj_id, step.index),
+      episode_advantage=float(a_ep[i]),
+      skill_logp_delta=None if logp_skill[i] is None else float(np.sum(a_skill[i])),
     )
-    for i, (p, r, lo, a) in enumerate(zip(prompts, responses, logp_old, total))
+    for i, ((traj, step), p, r, lo, a) in enumerate(zip(steps, prompts, responses, logp_old, total))
   ]
   has_skill = np.array([lp is not None for lp in logp_skill])
   metrics = adv.advantage_metrics(a_ep, a_skill, has_skill, settings.lambda_skill)

@@ -193,19 +193,22 @@ def train_sft(config, workdir: str) -> dict[str, float]:
     desc="sft",
   )
   if finished and distributed.is_lead():
-    nnx.update(loaded.model, model.state.params)
-    out = os.path.join(workdir, "policy")
-    hf_io.export_hf(
-      loaded.model, out, tokenizer=loaded.tokenizer, generation_config={"eos_token_id": list(loaded.stop_ids)}
-    )
-    with open(os.path.join(workdir, "sft_summary.json"), "w") as f:
-      json.dump(
-        {"steps": t.steps, "train_examples": len(train_steps), "heldout_examples": len(held_steps), "last": last},
-        f,
-        indent=2,
-      )
-    print(f"sft: policy written to {out}", flush=True)
+    summary = {"steps": t.steps, "train_examples": len(train_steps), "heldout_examples": len(held_steps), "last": last}
+    _export_policy(model, workdir, summary)
   return last
+
+
+def _export_policy(model: scaffold.Trainable, workdir: str, summary: dict) -> None:
+  """The trained policy as an HF folder (WORKDIR/policy, ready to be RL's model.path) and WORKDIR/sft_summary.json."""
+  loaded = model.loaded
+  nnx.update(loaded.model, model.state.params)
+  out = os.path.join(workdir, "policy")
+  hf_io.export_hf(
+    loaded.model, out, tokenizer=loaded.tokenizer, generation_config={"eos_token_id": list(loaded.stop_ids)}
+  )
+  with open(os.path.join(workdir, "sft_summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  print(f"sft: policy written to {out}", flush=True)
 
 
 def validate(config) -> None:

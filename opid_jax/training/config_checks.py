@@ -56,12 +56,23 @@ def updates_per_iteration(c) -> int:
 
 
 def validate(c) -> None:
+  """Every block of an RL config; the first problem raises one UserError naming the field."""
   _one_of("model.dtype", c.model.dtype, DTYPES)
   _one_of("model.param_dtype", c.model.param_dtype, DTYPES)
   if not c.model.path:
     raise UserError("model.path is empty: give an HF folder, a hub id, or a .gguf file")
+  _validate_rollout(c.rollout)
+  _one_of("env.name", c.env.name, ENV_NAMES)
+  _at_least("env.num_workers", c.env.num_workers, 1)
+  _above("env.step_timeout_s", c.env.step_timeout_s, 0.0)
+  _validate_analyzer(c.analyzer)
+  _validate_opid(c.opid, c.analyzer)
+  _validate_ppo(c.ppo)
+  validate_optim(c.optim)
+  _validate_train(c)
 
-  r = c.rollout
+
+def _validate_rollout(r) -> None:
   _at_least("rollout.tasks_per_batch", r.tasks_per_batch, 1)
   if r.group_size < 2:
     raise UserError(
@@ -78,11 +89,8 @@ def validate(c) -> None:
   _at_least("rollout.max_steps", r.max_steps, 1)
   _in_range("rollout.eval_temperature", r.eval_temperature, 0.0, 10.0)
 
-  _one_of("env.name", c.env.name, ENV_NAMES)
-  _at_least("env.num_workers", c.env.num_workers, 1)
-  _above("env.step_timeout_s", c.env.step_timeout_s, 0.0)
 
-  a = c.analyzer
+def _validate_analyzer(a) -> None:
   _one_of("analyzer.backend", a.backend, ANALYZER_BACKENDS)
   if a.backend == "openai" and not (a.base_url and a.model):
     raise UserError("analyzer.backend=openai needs analyzer.base_url and analyzer.model")
@@ -94,7 +102,8 @@ def validate(c) -> None:
   _above("analyzer.timeout_s", a.timeout_s, 0.0)
   _at_least("analyzer.max_api_retries", a.max_api_retries, 0)
 
-  o = c.opid
+
+def _validate_opid(o, a) -> None:
   _one_of("opid.routing", o.routing, ROUTING_MODES)
   _one_of("opid.adv_norm", o.adv_norm, ADV_NORMS)
   _one_of("opid.group_stats", o.group_stats, GROUP_STATS)
@@ -106,7 +115,8 @@ def validate(c) -> None:
       "is 0 (set opid.lambda_skill=0 for plain GRPO)"
     )
 
-  p = c.ppo
+
+def _validate_ppo(p) -> None:
   _in_range("ppo.clip_eps", p.clip_eps, 0.0, 1.0, low_open=True)
   _in_range("ppo.clip_eps_high", p.clip_eps_high, 0.0, 10.0, low_open=True)
   if p.dual_clip != 0 and p.dual_clip <= 1:
@@ -123,7 +133,9 @@ def validate(c) -> None:
   _above("ppo.kl_clamp", p.kl_clamp, 0.0)  # the KL term is clipped to [-kl_clamp, kl_clamp]
   _at_least("ppo.entropy_coef", p.entropy_coef, 0.0)
 
-  validate_optim(c.optim)
+
+def _validate_train(c) -> None:
+  r = c.rollout
   _at_least("train.steps", c.train.steps, 1)
   # scaffold.build_trainable stretches the schedule over train.steps updates, as if an iteration made one.
   updates = updates_per_iteration(c)

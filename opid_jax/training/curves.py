@@ -6,6 +6,7 @@ import json
 import os
 
 from opid_jax.errors import UserError
+from opid_jax.training.summary import binomial_se
 
 PANELS = (
   ("success", "success rate"),
@@ -47,9 +48,12 @@ def plot_runs(run_dirs: list[str], out: str, smooth: int = 1) -> None:
       values = [r.get(key) for r in rows]
       (line,) = ax.plot(steps, moving_average(values, smooth), label=label)
       if key == "success":
-        evals = [(r["step"], r["eval/success"]) for r in rows if r.get("eval/success") is not None]
+        evals = [r for r in rows if r.get("eval/success") is not None]
         if evals:
-          ax.plot(*zip(*evals), "o", color=line.get_color(), label=f"{label} (eval)")
+          x, y = [r["step"] for r in evals], [r["eval/success"] for r in evals]
+          se = [binomial_se(r["eval/success"], int(r.get("eval/episodes") or 0)) for r in evals]
+          se = [0.0 if s != s else s for s in se]  # unknown n: no bar
+          ax.errorbar(x, y, yerr=se, fmt="o", capsize=3, color=line.get_color(), label=f"{label} (eval ± SE)")
   for ax, (_, title) in zip(axes, PANELS):
     ax.set_title(title)
     ax.set_xlabel("iteration")

@@ -12,15 +12,27 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from typing import Callable, Iterator
 
 import numpy as np
+import tqdm
 from etils import epath
 
 logger = logging.getLogger(__name__)
 
-HEADLINE_KEYS = ("success", "loss", "reward", "adv/skill_share", "time/step")
+HEADLINE_KEYS = (
+  "success",
+  "valid_action_ratio",
+  "loss",
+  "reward",
+  "adv/skill_share",
+  "eval/success",
+  "eval/valid_action_ratio",
+  "time/eval",
+  "time/step",
+)
 
 
 class MetricsWriter:
@@ -51,7 +63,8 @@ class MetricsWriter:
     self._append_line(json.dumps(record, allow_nan=False))
     self._write_tensorboard(step, record)
     if step % self._console_every == 0:
-      print(console_line(step, record), flush=True)
+      tqdm.tqdm.write(console_line(step, record))  # above any progress bar, not through it
+      sys.stdout.flush()
 
   def truncate_from(self, step: int) -> int:
     """Drops lines with step >= `step` (and any torn last line); returns how many were dropped."""

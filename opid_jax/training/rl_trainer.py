@@ -103,10 +103,11 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Rollout:
-  """An iteration's trajectories and (when an analyzer ran) their analyses, in the same order."""
+  """An iteration's trajectories, (when an analyzer ran) their analyses in the same order, and its step samples."""
 
   trajectories: tuple = ()
   analyses: Any = None
+  samples: tuple = ()
 
 
 def build_run(config, workdir: str) -> Run:
@@ -178,27 +179,10 @@ def batch_layout(run: Run) -> minibatch_step.BatchLayout:
 
 
 def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tuple[dict[str, float], Rollout]:
+  """One iteration: rollout, analysis (in the background), scoring into step samples, PPO updates."""
   config, settings = run.config, opid_settings(run.config)
-  r = config.rollout
-  sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-  tasks = run.stream.next_tasks(r.tasks_per_batch)  # the same list on every process
-  share = distributed.process_share(r.tasks_per_batch, "rollout.tasks_per_batch")
   with timer.phase("rollout"):
-    gen_stats: dict = {}
-    policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(config, iteration), gen_stats))
-    trajectories = rollout.run_groups(
-      run.pool,
-      policy,
-      run.model.loaded.tokenizer,
-      tasks[share],
-      r.group_size,
-      run.env.agent,
-      r.max_prompt_tokens,
-      first_group_id=iteration * r.tasks_per_batch + share.start,
-      first_traj_id=share.start * r.group_size,
-      truncation_side=r.truncation_side,
-    )
-    policy.finish()
+    trajectories, gen_stats = _play(run, iteration)
   handle = run.analyzer.analyze_many_async(trajectories) if run.analyzer is not None else None
   if jax.process_count() > 1:
     # Scoring and the update see every trajectory, in the single-process order, on every process.
@@ -206,7 +190,7 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
     handle = _GatheredAnalyses(handle) if handle is not None else None
 
   def score(prompts, responses, params):
-    return run.scorer.score(prompts, responses, temperature=r.temperature, params=params).logprobs
+    return run.scorer.score(prompts, responses, temperature=config.rollout.temperature, params=params).logprobs
 
   with timer.phase("score"):
     samples, adv_metrics = opid_samples.build_samples(
@@ -218,29 +202,10 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
       settings=settings,
       analysis_handle=handle,
     )
-  record = Rollout(tuple(trajectories), handle.result() if handle is not None else None)
-  ppo_metrics: dict[str, list[float]] = {}
+  record = Rollout(tuple(trajectories), handle.result() if handle is not None else None, tuple(samples))
   with timer.phase("update"):
-    for epoch in range(config.ppo.epochs):
-      parts = batch_lib.shuffled_minibatches(
-        samples, config.ppo.mini_batch_size, seed=config.train.seed * 100003 + iteration * 101 + epoch
-      )
-      for part in parts:
-        run.model.state, m = minibatch_step.optimizer_step(
-          run.model.state,
-          part,
-          batch_layout(run),
-          graphdef=run.model.graphdef,
-          tx=run.model.tx,
-          cfg=loss_config(config),
-          with_ref=settings.use_reference,
-        )
-        for k, v in distributed.fetch(m).items():
-          ppo_metrics.setdefault(k, []).append(float(v))
-    _sync_params(run)
-  metrics = eval_tables.trajectory_metrics(trajectories)
-  metrics.update(adv_metrics)
-  metrics.update({k: float(np.mean(v)) for k, v in ppo_metrics.items()})
+    ppo_metrics = _update(run, samples, iteration, settings.use_reference)
+  metrics = {**eval_tables.trajectory_metrics(trajectories), **adv_metrics, **ppo_metrics}
   metrics["loss"] = metrics.get("ppo/loss", float("nan"))
   metrics["optimizer_steps"] = int(run.model.state.step)
   metrics["time/rollout_generation"] = gen_stats.get("seconds", 0.0)  # within time/rollout; the rest is env work
@@ -252,6 +217,52 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
       stats = distributed.sum_across_processes(stats, take_max=("analyzer/seconds",))
     metrics.update(stats)
   return metrics, record
+
+
+def _play(run: Run, iteration: int) -> tuple[list, dict]:
+  """This process's share of the iteration's task groups, played to the end; (trajectories, generation stats)."""
+  r = run.config.rollout
+  sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+  tasks = run.stream.next_tasks(r.tasks_per_batch)  # the same list on every process
+  share = distributed.process_share(r.tasks_per_batch, "rollout.tasks_per_batch")
+  gen_stats: dict = {}
+  policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(run.config, iteration), gen_stats))
+  trajectories = rollout.run_groups(
+    run.pool,
+    policy,
+    run.model.loaded.tokenizer,
+    tasks[share],
+    r.group_size,
+    run.env.agent,
+    r.max_prompt_tokens,
+    first_group_id=iteration * r.tasks_per_batch + share.start,
+    first_traj_id=share.start * r.group_size,
+    truncation_side=r.truncation_side,
+  )
+  policy.finish()
+  return trajectories, gen_stats
+
+
+def _update(run: Run, samples, iteration: int, with_ref: bool) -> dict[str, float]:
+  """ppo.epochs shuffled passes over the step samples, one optimizer step per mini-batch; mean metrics."""
+  config = run.config
+  ppo_metrics: dict[str, list[float]] = {}
+  for epoch in range(config.ppo.epochs):
+    seed = config.train.seed * 100003 + iteration * 101 + epoch
+    for part in batch_lib.shuffled_minibatches(samples, config.ppo.mini_batch_size, seed=seed):
+      run.model.state, m = minibatch_step.optimizer_step(
+        run.model.state,
+        part,
+        batch_layout(run),
+        graphdef=run.model.graphdef,
+        tx=run.model.tx,
+        cfg=loss_config(config),
+        with_ref=with_ref,
+      )
+      for k, v in distributed.fetch(m).items():
+        ppo_metrics.setdefault(k, []).append(float(v))
+  _sync_params(run)
+  return {k: float(np.mean(v)) for k, v in ppo_metrics.items()}
 
 
 class _GatheredAnalyses:
@@ -294,6 +305,7 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
       tasks,
       c.rollout.max_prompt_tokens,
       c.rollout.truncation_side,
+      progress=distributed.is_lead(),
     )
     policy.finish()
   finally:
@@ -319,6 +331,7 @@ def train(config, workdir: str) -> dict[str, float]:
   run = build_run(config, workdir)
   lead = jax.process_index() == 0
   t = config.train
+  routing_mode = config.opid.routing if opid_settings(config).skills_enabled else "none"
 
   def initial_evaluation():
     if t.eval_at_start and run.start_iteration == 0:
@@ -331,7 +344,7 @@ def train(config, workdir: str) -> dict[str, float]:
     metrics, record = run_iteration(run, step, timer)
     done = step + 1
     if lead:
-      dump_trajectories(workdir, done, record.trajectories, record.analyses)
+      dump_trajectories(workdir, done, record.trajectories, record.analyses, record.samples, routing_mode=routing_mode)
     if (t.eval_every and done % t.eval_every == 0) or (t.eval_at_end and done == t.steps):
       with timer.phase("eval"):
         metrics.update(run_evaluation(run, done))
@@ -363,11 +376,15 @@ def report_run(workdir: str) -> None:
   """The closing summary table (printed and saved) and the learning-curve plot, from metrics.jsonl."""
   from etils import epath
 
-  from opid_jax.training import curves, summary
+  from opid_jax.training import curves, story, summary
 
   rows = curves.read_run(workdir)
-  table = summary.summary_table(rows)
-  (epath.Path(workdir) / "summary.md").write_text(table + "\n")
-  print("\n" + table, flush=True)
+  text = summary.summary_table(rows)
+  dump = story.last_dump(workdir)
+  examples = story.example_steps_markdown(dump[1], dump[0]) if dump else ""
+  if examples:
+    text += "\n\n" + examples
+  (epath.Path(workdir) / "summary.md").write_text(text + "\n")
+  print("\n" + text, flush=True)
   if "://" not in workdir:
     curves.plot_runs([workdir], os.path.join(workdir, "curves.png"))
