@@ -49,6 +49,7 @@ def get_config():
       history_window=5,
       max_steps=30,
       eval_temperature=0.4,
+      response_format="think_action",  # think_action (<think>..</think><action>..</action>) | action (ALFWorld)
     )
   )
 

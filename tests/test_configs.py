@@ -18,7 +18,9 @@ def load(name):
   return importlib.import_module(f"configs.{name}").get_config()
 
 
-@pytest.mark.parametrize("name", ["base", "alfworld", "alfworld_small", "demo", "search_qa", "webshop", "smoke"])
+@pytest.mark.parametrize(
+  "name", ["base", "alfworld", "alfworld_small", "demo", "demo_smollm2", "search_qa", "webshop", "smoke"]
+)
 def test_configs_validate(name):
   c = load(name)
   if not c.model.path:

@@ -272,6 +272,7 @@ SEARCH_EPISODE = (
 )
 EPISODES = {
   "alfworld": (rollout.alfworld_agent(), ALFWORLD_EPISODE),
+  "alfworld_action": (rollout.alfworld_agent(response_format="action"), ALFWORLD_EPISODE),  # one line per action
   "webshop": (rollout.webshop_agent(), WEBSHOP_EPISODE),
   "search": (rollout.search_agent(), SEARCH_EPISODE),
 }

@@ -36,8 +36,20 @@ def _counting(env_cfg, rollout_cfg) -> EnvSetup:
     functools.partial(counting.CountingEnv, max_steps=rollout_cfg.max_steps),
     tasks[:48],
     tasks[48:],
-    rollout.alfworld_agent(rollout_cfg.history_window, rollout_cfg.max_steps),
+    _alfworld_agent(rollout_cfg),
   )
+
+
+def _alfworld_agent(rollout_cfg) -> rollout.AgentSpec:
+  return rollout.alfworld_agent(rollout_cfg.history_window, rollout_cfg.max_steps, rollout_cfg.response_format)
+
+
+def _only_think_action(env_cfg, rollout_cfg) -> None:
+  if rollout_cfg.response_format != "think_action":
+    raise UserError(
+      f"rollout.response_format={rollout_cfg.response_format!r} is for ALFWorld (and the counting env); "
+      f"env.name={env_cfg.name} uses think_action"
+    )
 
 
 def _alfworld(env_cfg, rollout_cfg) -> EnvSetup:
@@ -50,12 +62,13 @@ def _alfworld(env_cfg, rollout_cfg) -> EnvSetup:
   except (FileNotFoundError, ValueError) as e:
     raise UserError(str(e)) from None
   factory = functools.partial(alfworld.AlfworldEnv, data_dir=env_cfg.data_dir, max_steps=rollout_cfg.max_steps)
-  return EnvSetup(factory, train, evals, rollout.alfworld_agent(rollout_cfg.history_window, rollout_cfg.max_steps))
+  return EnvSetup(factory, train, evals, _alfworld_agent(rollout_cfg))
 
 
 def _search_qa(env_cfg, rollout_cfg) -> EnvSetup:
   from opid_jax.envs import search_qa
 
+  _only_think_action(env_cfg, rollout_cfg)
   train_path = _require_path(env_cfg.train_questions, "training questions", "set env.train_questions")
   eval_path = _require_path(env_cfg.eval_questions, "evaluation questions", "set env.eval_questions")
   factory = functools.partial(
@@ -84,6 +97,7 @@ def _search_qa(env_cfg, rollout_cfg) -> EnvSetup:
 def _webshop(env_cfg, rollout_cfg) -> EnvSetup:
   from opid_jax.envs.webshop import env as webshop, world as webshop_world
 
+  _only_think_action(env_cfg, rollout_cfg)
   try:
     world = webshop_world.load_world(env_cfg.data_dir)
   except FileNotFoundError as e:

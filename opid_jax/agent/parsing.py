@@ -1,7 +1,8 @@
 """Turns a policy response into the action an environment receives, and judges its format.
 
 A response is *valid* when it has a `<think>...</think>` block, a well-formed action block and no CJK
-characters. An invalid response is still turned into a best-effort action so that the episode goes on;
+characters (`parse_action_response`, for the action-only format: a well-formed action block and no CJK
+characters). An invalid response is still turned into a best-effort action so that the episode goes on;
 the trainer penalises the step through `valid=False`.
 """
 
@@ -54,10 +55,10 @@ def _best_effort_action(lowered: str) -> str:
   return _strip_tags(_last_nonempty_line(lowered))[:_BEST_EFFORT_CHARS]
 
 
-def _format_problem(text: str) -> str:
+def _format_problem(text: str, need_think: bool = True) -> str:
   if has_cjk(text):
     return "contains CJK characters"
-  if not has_think_block(text):
+  if need_think and not has_think_block(text):
     return "missing <think></think> block"
   return ""
 
@@ -65,6 +66,16 @@ def _format_problem(text: str) -> str:
 def parse_text_action(response_text: str) -> ParsedAction:
   """ALFWorld/WebShop style: lowercase, take the text between the first `<action>` and the next
   `</action>`. Text after the closing tag is ignored."""
+  return _parse_action_block(response_text, need_think=True)
+
+
+def parse_action_response(response_text: str) -> ParsedAction:
+  """The action-only format (`rollout.response_format="action"`): as parse_text_action, without the
+  `<think>` block. `response_text` is the whole assistant turn, the pre-filled `<action>` included."""
+  return _parse_action_block(response_text, need_think=False)
+
+
+def _parse_action_block(response_text: str, need_think: bool) -> ParsedAction:
   lowered = response_text.lower()
   start = lowered.find("<action>")
   end = lowered.find("</action>", start + 1) if start != -1 else -1
@@ -76,7 +87,7 @@ def parse_text_action(response_text: str) -> ParsedAction:
   action = inner.strip()
   if not action:
     return ParsedAction("", False, "empty action")
-  problem = _format_problem(response_text)
+  problem = _format_problem(response_text, need_think)
   return ParsedAction(action, not problem, problem)
 
 

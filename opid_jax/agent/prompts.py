@@ -6,10 +6,15 @@ defined here only):
   task line                        `Your task is to: ...` / `Your question: ...` (episode-skill anchor)
   steps taken so far, and from step 1 on the last K `[Observation n: '...', Action n: '...']` pairs
   current step number and observation
-  admissible actions as a quoted list
+  admissible actions as a quoted list (the `action` response format: one `<action>...</action>` line each)
   (blank line)
   final instruction line           starts with `Now it's your turn` (step-skill anchor)
 Steps are numbered from 1 in the text; `step_index` arguments are 0-based.
+
+Response formats (`rollout.response_format`, ALFWorld): `think_action` asks for `<think>...</think>` then
+`<action>...</action>`; `action` lists each admissible action as the exact line to write, and the rollout
+pre-fills the assistant turn with ACTION_PREFILL, so the model only writes the action and `</action>` (a tiny
+model such as SmolLM2-135M follows this, not the free-form instruction).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ TASK_ANCHOR = "Your task is to: "
 QUESTION_ANCHOR = "Your question: "
 EPISODE_ANCHORS = (TASK_ANCHOR, QUESTION_ANCHOR)  # the episode skill goes after the first line holding one
 TURN_ANCHOR = "Now it's your turn"  # the step skill goes before the last line starting with it
+ACTION_PREFILL = "<action>"  # how the assistant turn starts in the `action` response format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +39,11 @@ class HistoryEntry:
 
 def format_action_list(actions: Sequence[str]) -> str:
   return "[" + ", ".join(f"'{action}'" for action in actions) + "]"
+
+
+def format_action_lines(actions: Sequence[str]) -> list[str]:
+  """One line per action, written exactly as the `action` response format's answer."""
+  return [f"<action>{action}</action>" for action in actions]
 
 
 def format_history(history: Sequence[HistoryEntry], history_length: int) -> str:
@@ -95,6 +106,28 @@ def render_alfworld_prompt(
     history,
     history_length,
   )
+
+
+def render_alfworld_action_prompt(
+  task: str,
+  observation: str,
+  admissible_actions: Sequence[str],
+  history: Sequence[HistoryEntry],
+  history_length: int = 5,
+) -> str:
+  """The ALFWorld step prompt of the `action` response format: the admissible actions one per line, each
+  written as the answer is (`<action>go to desk 1</action>`), and an instruction to copy one line."""
+  lines = [
+    "You are an expert household agent acting in the ALFRED text world.",
+    f"{TASK_ANCHOR}{task}",
+    *_progress_lines(history, history_length, "observations and the actions you took"),
+    f"You are now at step {len(history) + 1}. Your current observation is: {observation}",
+    "The admissible actions in this situation are:",
+    *format_action_lines(admissible_actions),
+    "",
+    f"{TURN_ANCHOR} to act: copy exactly one line from the list of admissible actions above.",
+  ]
+  return "\n".join(lines)
 
 
 def render_webshop_prompt(

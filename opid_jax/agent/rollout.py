@@ -6,6 +6,8 @@ per prompt in order; the tokenizer (a Hugging Face tokenizer) applies the chat t
 Each Step's `prompt_text` is the chat-templated prompt its `prompt_ids` come from (held to `max_prompt_tokens`
 per `truncation_side`: cut on the left, or refused with a PromptTooLong for "error"); its `user_prompt_text` is
 the plain user message, which is what the skill router injects into before the template is applied again;
+an agent with a `response_prefix` (the `action` format) ends every prompt with it, and its Step's
+`response_text` starts with it (`response_ids` are the sampled tokens only);
 `Trajectory.info["format_problems"]` maps the index of each invalid step to what was wrong with it.
 """
 
@@ -27,12 +29,28 @@ class AgentSpec:
   """How the agent talks to one kind of env."""
 
   render: Callable[..., str]  # (task, observation, admissible_actions, history, history_length)
-  parse: Callable[[str], parsing.ParsedAction]
+  parse: Callable[[str], parsing.ParsedAction]  # the whole assistant turn, response_prefix included
   history_length: int
   max_steps: int  # a safety cap; the env normally ends the episode itself
+  response_prefix: str = ""  # text the assistant turn is pre-filled with (after the chat template)
 
 
-def alfworld_agent(history_length: int = 5, max_steps: int = 30) -> AgentSpec:
+RESPONSE_FORMATS = ("think_action", "action")  # rollout.response_format (ALFWorld and the counting env)
+
+
+def alfworld_agent(history_length: int = 5, max_steps: int = 30, response_format: str = "think_action") -> AgentSpec:
+  """`think_action`: `<think>...</think><action>...</action>`; `action`: the action alone, the assistant turn
+  pre-filled with `<action>` (prompts.render_alfworld_action_prompt)."""
+  if response_format == "action":
+    return AgentSpec(
+      prompts.render_alfworld_action_prompt,
+      parsing.parse_action_response,
+      history_length,
+      max_steps,
+      prompts.ACTION_PREFILL,
+    )
+  if response_format != "think_action":
+    raise ValueError(f"unknown response format {response_format!r}; choose one of {RESPONSE_FORMATS}")
   return AgentSpec(prompts.render_alfworld_prompt, parsing.parse_text_action, history_length, max_steps)
 
 
@@ -160,12 +178,13 @@ def _play_turn(
     agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history, agent.history_length)
     for e in running
   ]
-  prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) for text in user_texts]
+  prefix = agent.response_prefix
+  prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) + prefix for text in user_texts]
   prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens, truncation_side) for text in prompt_texts]
   samples = policy(prompt_ids)
   if len(samples) != len(running):
     raise ValueError(f"policy returned {len(samples)} responses for {len(running)} prompts")
-  response_texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in samples]
+  response_texts = [prefix + tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in samples]
   parsed = [agent.parse(text) for text in response_texts]
   results = pool.step([(e.env_index, p.action) for e, p in zip(running, parsed)])
   for i, episode in enumerate(running):
@@ -179,6 +198,7 @@ def _play_turn(
       parsed[i],
       results[i],
       agent.max_steps,
+      prefix,
     )
 
 
@@ -192,6 +212,7 @@ def _record_step(
   parsed: parsing.ParsedAction,
   result: StepResult,
   max_steps: int,
+  response_prefix: str = "",
 ) -> None:
   trajectory = episode.trajectory
   at_cap = trajectory.length + 1 >= max_steps
@@ -212,6 +233,7 @@ def _record_step(
       done=done,
       sampled_logprobs=list(logprobs),
       user_prompt_text=user_text,
+      response_prefix=response_prefix,
     )
   )
   trajectory.episode_return += float(result.reward)

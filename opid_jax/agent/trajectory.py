@@ -16,13 +16,14 @@ class Step:
   prompt_text: str  # the rendered prompt (after the chat template)
   prompt_ids: list[int]
   response_ids: list[int]  # sampled tokens, end-of-turn token included when sampled
-  response_text: str
+  response_text: str  # response_prefix + the decoded response_ids
   action: str  # what the env received
   valid: bool  # False when the output was malformed (penalised)
   reward: float = 0.0
   done: bool = False
   sampled_logprobs: list[float] | None = None  # per response token, at sampling time
   user_prompt_text: str = ""  # the user message before the chat template (where skills are injected)
+  response_prefix: str = ""  # what the rollout pre-filled the assistant turn with (end of prompt_text)
 
 
 @dataclasses.dataclass

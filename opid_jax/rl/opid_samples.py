@@ -55,11 +55,11 @@ def skill_prompt_ids(
     result = by_traj.get(traj.traj_id)
     skills = result.skills if result is not None and result.has_skill else None
     texts = [user_prompt_of(traj, s) for s in traj.steps]
-    for augmented in routing.augmented_prompts(texts, skills, settings.routing):
+    for step, augmented in zip(traj.steps, routing.augmented_prompts(texts, skills, settings.routing)):
       if augmented is None:
         out.append(None)
       else:
-        chat = prompt_lib.to_chat_text(tokenizer, augmented)
+        chat = prompt_lib.to_chat_text(tokenizer, augmented) + step.response_prefix  # as the rollout's prompt
         out.append(
           prompt_lib.tokenize_prompt(
             tokenizer, chat, settings.max_prompt_tokens, settings.truncation_side, what="skill-augmented prompt"

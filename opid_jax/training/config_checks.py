@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from opid_jax.agent.rollout import RESPONSE_FORMATS
 from opid_jax.errors import UserError
 from opid_jax.rl.advantages import ADV_NORMS, GROUP_STATS
 from opid_jax.rl.loss import KL_ESTIMATORS
@@ -88,6 +89,7 @@ def _validate_rollout(r) -> None:
   _at_least("rollout.history_window", r.history_window, 0)
   _at_least("rollout.max_steps", r.max_steps, 1)
   _in_range("rollout.eval_temperature", r.eval_temperature, 0.0, 10.0)
+  _one_of("rollout.response_format", r.response_format, RESPONSE_FORMATS)
 
 
 def _validate_analyzer(a) -> None:
