@@ -275,7 +275,7 @@ class Study:
   def probe(self) -> None:
     """The skill-signal probe on the random initial policy, the SFT policy and, as a reference instruct model,
     SmolLM2-135M-Instruct when its GGUF is installed (ROOT/probe_<name>.json)."""
-    from configs.demo import smollm2_gguf
+    from configs.demo_smollm2 import smollm2_gguf
 
     models = {name: os.path.join(self.root, "sft", name) for name in ("init_policy", "policy")}
     reference = "" if self.short else smollm2_gguf()
