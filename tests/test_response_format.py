@@ -4,6 +4,7 @@ assistant turn through a rollout and into the skill-augmented prompt, config che
 from __future__ import annotations
 
 import pytest
+from test_agent import ALF_INTRO as INTRO  # the same golden first observation
 
 from opid_jax.agent import env_setup, parsing, prompts, rollout
 from opid_jax.agent.prompts import HistoryEntry
@@ -16,11 +17,6 @@ from opid_jax.skills.records import SkillSet
 from opid_jax.training import config_checks
 
 ACTIONS = ["go to cabinet 1", "go to sinkbasin 1", "inventory", "look"]
-INTRO = (
-  "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, "
-  "a sinkbasin 1, and a towelholder 1.\n\nYour task is to: put a clean cloth in cabinet."
-)
-
 STEP0 = """\
 You are an expert household agent acting in the ALFRED text world.
 Your task is to: put a clean cloth in cabinet.
