@@ -68,7 +68,7 @@ def main():
       "step_skills": {"0": "say the number after the current one"},
     }
   )
-  score = lambda p, r, params: scorer.score(p, r, params=params).logprobs
+  score = lambda p, r, params, units=None: scorer.score(p, r, params=params, units=units).logprobs
   settings = opid_samples.OpidSettings(lambda_skill=0.01)
   opid_samples.build_samples(
     trajs,

@@ -16,6 +16,8 @@ def get_config():
       dtype="bfloat16",  # compute dtype
       param_dtype="float32",
       remat=True,  # recompute each layer's activations in the backward pass
+      attention="auto",  # xla | chunked | cudnn (GPU) | splash (TPU) | auto (per backend; model/attention.py)
+      score_dtype="",  # compute dtype of the scoring passes (old, reference, skill); empty: as `dtype`
     )
   )
 
@@ -79,7 +81,8 @@ def get_config():
       max_api_retries=5,
       json_mode=False,
       gamma=0.95,
-      max_step_skills=5,
+      max_step_skills=5,  # the request asks for at most min(max_step_skills, T) critical steps
+      max_completion_tokens=4096,  # the analyzer reply's token cap (sent as max_tokens)
     )
   )
 
@@ -93,6 +96,21 @@ def get_config():
     )
   )
 
+  # The paper's comparison rows and GiGPO as one switch (training/algo_rows.py, docs in the README's paper_rows).
+  c.algo = ml_collections.ConfigDict(
+    dict(
+      name="opid",  # opid | grpo | gigpo | skill_grpo | sdar | opsd | grpo_opsd | rlsd | skill_sd
+      step_weight=-1.0,  # GiGPO's step-level term A += w * A_step on any row; -1: the row's default (gigpo 1, else 0)
+      gamma=0.95,  # GiGPO: discount of the per-step returns inside step groups
+      sdar_coef=0.01,  # sdar, opsd, grpo_opsd: weight of the distillation loss
+      sdar_beta=5.0,  # sdar, opsd: gate sharpness (grpo_opsd uses 0: a constant gate of 0.5)
+      rlsd_lambda=0.5,  # rlsd: the reweighting's initial share, decayed linearly to 0
+      rlsd_warmdown=100,  # rlsd: iterations of that decay (0: constant)
+      rlsd_eps=0.2,  # rlsd: clip of the per-token weight to [1 - eps, 1 + eps]
+      skill_sd_coef=0.001,  # skill_sd: weight of the importance-weighted reverse-KL
+    )
+  )
+
   c.ppo = ml_collections.ConfigDict(
     dict(
       clip_eps=0.2,
@@ -100,7 +118,8 @@ def get_config():
       dual_clip=0.0,  # 0 disables; otherwise the dual-clip constant c > 1 (e.g. 3.0)
       epochs=1,
       mini_batch_size=64,  # step samples per optimizer update
-      micro_batch_size=8,  # step samples per forward/backward pass (gradients accumulate exactly)
+      micro_batch_size=8,  # step samples per forward/backward pass without packing (gradients accumulate exactly)
+      micro_batch_tokens=8192,  # with train.packing: token slots per forward/backward pass
       kl_coef=0.01,
       kl_estimator="k3",  # k1 | k2 | k3
       kl_clamp=10.0,
@@ -130,8 +149,11 @@ def get_config():
       eval_envs=0,  # envs played at once during evaluation (0: the training pool's; more: bigger generation batches)
       eval_at_start=False,  # evaluate the initial policy before the first iteration (logged at step 0)
       eval_at_end=False,  # evaluate after the last iteration
-      score_micro_batch=8,
-      bucket_micro_batches=True,  # pad each update micro-batch to its own length bucket (False: one shape per step)
+      packing=True,  # pack step samples into rows of pack_length tokens for scoring and the update
+      pack_length=0,  # tokens per packed row, >= max_prompt_tokens + max_new_tokens; 0: that sum's next power of 2
+      score_micro_batch_tokens=16384,  # with packing: token slots per scoring pass
+      score_micro_batch=8,  # without packing: samples per scoring pass
+      bucket_micro_batches=True,  # without packing: pad each update micro-batch to its own length bucket (False: one shape per step)
       prompt_buckets=(256, 512, 1024, 2048),
       response_buckets=(64, 128, 256, 512),
     )

@@ -15,7 +15,9 @@ from configs import base
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(path="", dtype="float32", param_dtype="float32", remat=False))
+  c.model = ml_collections.ConfigDict(
+    dict(path="", dtype="float32", param_dtype="float32", remat=False, attention="auto")
+  )
   c.small_policy = ml_collections.ConfigDict(
     dict(
       vocab_size=1024,

@@ -16,6 +16,13 @@ def define_config_flag():
   return config_flags.DEFINE_config_file("config", None, "Python config file with get_config().", lock_config=True)
 
 
+def define_attention_flag():
+  """--attention for the entry points that run a model without a training config (generate, score, serve)."""
+  return flags.DEFINE_string(
+    "attention", "auto", "Self-attention implementation: xla, chunked, cudnn (GPU), splash (TPU) or auto."
+  )
+
+
 def required_config(config_flag, example: str):
   """The parsed config, or a one-line error naming an example when --config was not given."""
   if config_flag.value is None:

@@ -8,6 +8,7 @@ PATH is an HF folder, a hub id, or a .gguf file.
 
 from absl import app, flags
 
+from opid_jax.cli import define_attention_flag
 from opid_jax.errors import exit_on_user_error
 
 flags.DEFINE_string("model", None, "HF folder, hub id, or .gguf file.", required=True)
@@ -22,6 +23,7 @@ flags.DEFINE_integer("seed", 0, "PRNG seed.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype (float32 or bfloat16).")
 flags.DEFINE_integer("max_prompt_tokens", 8192, "Longest prompt accepted (longer ones are refused).")
 flags.DEFINE_bool("truncate_left", False, "Keep the last max_prompt_tokens tokens of a longer prompt instead.")
+define_attention_flag()
 FLAGS = flags.FLAGS
 
 
@@ -32,7 +34,7 @@ def main(argv):
   from opid_jax.generation.sampler import Sampler, SamplingParams
   from opid_jax.model import loading, tokenizer
 
-  loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
+  loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype, attention=FLAGS.attention)
   side = "left" if FLAGS.truncate_left else "error"
   ids = prompt_length.fit(
     tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens, side, prompt_length.CLI

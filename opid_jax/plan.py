@@ -4,7 +4,9 @@
       [--mesh=data=2,fsdp=4,tensor=1] [--device=v5e|v4|v5p|h100|h200] [--num_devices=N]
 
 Prints params, gradients, AdamW state, reference params, the rollout KV cache and an activation estimate for
-one update micro-batch under the given mesh (default: the config's), then a mesh and micro-batch that fit.
+one update micro-batch under the given mesh (default: the config's), then a mesh and micro-batch that fit. The
+estimate follows model.attention (`auto`: the device's fused kernel) and train.packing (micro-batches of
+ppo.micro_batch_tokens tokens in rows of train.pack_length, 0: the trainer's power-of-two default).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def gib(n: int) -> str:
 
 
 def report(config, mesh_text: str | None, device: str, num_devices: int | None) -> str:
+  from opid_jax.batching import packing as packing_lib
   from opid_jax.parallel import memory, mesh as mesh_lib
 
   if device not in memory.DEVICES:
@@ -74,15 +77,26 @@ def report(config, mesh_text: str | None, device: str, num_devices: int | None) 
     micro_batch=config.ppo.micro_batch_size,
     with_reference=config.ppo.kl_coef > 0,
     remat=config.model.remat,
+    packing=bool(config.train.packing),
+    pack_length=config.train.pack_length or packing_lib.row_length_for(r.max_prompt_tokens + r.max_new_tokens),
+    micro_batch_tokens=config.ppo.micro_batch_tokens,
+    attention=memory.planned_attention(config.model.attention, device),
   )
   budget = memory.DEVICES[device]
   chosen = memory.plan(cfg, work, sizes, rules)
   mesh_name = ",".join(f"{k}={v}" for k, v in sizes.items())
+  attention = config.model.attention
+  if work.attention != attention:
+    attention += f" (planned as {work.attention} on {device})"
+  packing = "off"
+  if work.packing:
+    packing = f"on ({work.micro_batch_tokens} tokens per update micro-batch, rows of {work.pack_length})"
   lines = [
     f"model {config.model.path}: {cfg.model_type}, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
     f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}",
     f"workload: rollout batch {work.rollout_batch} x {work.max_length} tokens, update micro-batch "
-    f"{work.micro_batch}, reference {'yes' if work.with_reference else 'no'}",
+    f"{work.update_rows} x {work.update_length} tokens, reference {'yes' if work.with_reference else 'no'}",
+    f"attention {attention}, packing {packing}",
     f"per device on mesh {mesh_name} ({device}: {gib(budget).strip()}, plan to {memory.USABLE:.0%}):",
   ]
   lines += [f"  {name:<28}{gib(value)}" for name, value in chosen.rows()]
@@ -96,10 +110,15 @@ def report(config, mesh_text: str | None, device: str, num_devices: int | None) 
     name = ",".join(f"{k}={v}" for k, v in plan.mesh.items())
     dp = plan.mesh["data"] * plan.mesh["fsdp"]
     score_micro = -(-config.train.score_micro_batch // dp) * dp  # scoring batches split over the same devices
+    micro_flag = (
+      f"--config.ppo.micro_batch_tokens={work.micro_batch_tokens}"
+      if work.packing
+      else f"--config.ppo.micro_batch_size={micro}"
+    )
     lines.append(
       f"suggestion for {num_devices} x {device}: --config.mesh.data={plan.mesh['data']} "
       f"--config.mesh.fsdp={plan.mesh['fsdp']} --config.mesh.tensor={plan.mesh['tensor']} "
-      f"--config.ppo.micro_batch_size={micro} --config.train.score_micro_batch={score_micro}  "
+      f"{micro_flag} --config.train.score_micro_batch={score_micro}  "
       f"({name}: {gib(plan.total).strip()} per device)"
     )
   return "\n".join(lines)

@@ -10,6 +10,7 @@ import json
 
 from absl import app, flags
 
+from opid_jax.cli import define_attention_flag
 from opid_jax.errors import UserError, exit_on_user_error
 
 flags.DEFINE_string("model", None, "HF folder, hub id, or .gguf file.", required=True)
@@ -20,6 +21,7 @@ flags.DEFINE_float("temperature", 1.0, "Divide logits by this before the log-sof
 flags.DEFINE_string("dtype", "float32", "Compute dtype (float32 or bfloat16).")
 flags.DEFINE_integer("max_prompt_tokens", 8192, "Longest prompt accepted (longer ones are refused).")
 flags.DEFINE_bool("truncate_left", False, "Keep the last max_prompt_tokens tokens of a longer prompt instead.")
+define_attention_flag()
 FLAGS = flags.FLAGS
 
 
@@ -30,7 +32,7 @@ def main(argv):
   from opid_jax.model import loading, tokenizer
   from opid_jax.rl.scoring import Scorer
 
-  loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype)
+  loaded = loading.load(FLAGS.model, dtype=FLAGS.dtype, attention=FLAGS.attention)
   side = "left" if FLAGS.truncate_left else "error"
   prompt = prompt_length.fit(
     tokenizer.prompt_ids(loaded.tokenizer, FLAGS.prompt, FLAGS.chat), FLAGS.max_prompt_tokens, side, prompt_length.CLI

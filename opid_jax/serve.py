@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from opid_jax.cli import parse_flags_or_exit, quiet_libraries
+from opid_jax.cli import define_attention_flag, parse_flags_or_exit, quiet_libraries
 from opid_jax.errors import UserError, exit_on_user_error
 from opid_jax.generation.server import build_server
 
@@ -25,6 +25,7 @@ flags.DEFINE_integer("max_prompt_tokens", 4096, "Longest prompt read; longer one
 flags.DEFINE_bool("truncate_left", True, "Cut longer prompts on the left (--notruncate_left: answer HTTP 400).")
 flags.DEFINE_integer("default_max_tokens", 512, "max_tokens when a request gives none.")
 flags.DEFINE_string("dtype", "float32", "Compute dtype.")
+define_attention_flag()
 FLAGS = flags.FLAGS
 
 
@@ -41,6 +42,7 @@ def main(argv):
       max_prompt_tokens=FLAGS.max_prompt_tokens,
       default_max_tokens=FLAGS.default_max_tokens,
       dtype=FLAGS.dtype,
+      attention=FLAGS.attention,
       truncation_side="left" if FLAGS.truncate_left else "error",
     )
   except OSError as e:

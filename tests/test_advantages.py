@@ -58,10 +58,13 @@ def test_bad_options_are_rejected():
 
 def test_skill_and_total_advantages():
   old = [np.array([-1.0, -2.0, -0.5]), np.array([-3.0])]
-  skill = [np.array([-0.5, -2.5, -0.5]), None]  # the second step has no skill
+  skill = [[np.array([-0.5, -2.5, -0.5])], []]  # the second step has no skill
   a_skill = adv.skill_advantages(skill, old)
   np.testing.assert_allclose(a_skill[0], [0.5, -0.5, 0.0])
   np.testing.assert_allclose(a_skill[1], [0.0])
+  # additive routing: two teacher prompts, their gains summed
+  both = adv.skill_advantages([[np.array([-0.5, -2.5, -0.5]), np.array([-1.0, -1.0, -1.5])]], old[:1])
+  np.testing.assert_allclose(both[0], [0.5 + 0.0, -0.5 + 1.0, 0.0 - 1.0])
   total = adv.total_advantages(np.array([1.0, -2.0]), a_skill, 0.001)
   np.testing.assert_allclose(total[0], [1.0005, 0.9995, 1.0])
   np.testing.assert_allclose(total[1], [-2.0])

@@ -160,13 +160,15 @@ def test_parse_text_action(response, action, valid):
   [
     ("<think>x</think><search> capital of\n peru </search>", "<search>capital of peru</search>", True),
     ("<think>x</think><answer>Lima</answer>", "<answer>Lima</answer>", True),
-    ("<think>x</think><answer>Cusco</answer> no, <answer>Lima</answer>", "<answer>Lima</answer>", True),
+    # Search-R1 reads the first complete tag pair of the turn: the first answer counts.
+    ("<think>x</think><answer>Cusco</answer> no, <answer>Lima</answer>", "<answer>Cusco</answer>", True),
     ("<think>x</think><search>q</search> and <answer>a</answer>", "<search>q</search>", False),
     ("<think>x</think><answer>a</answer> or <search>q</search>", "<answer>a</answer>", False),
     ("<think>x</think> Lima", "", False),
     ("<answer>Lima</answer>", "<answer>Lima</answer>", False),
     ("<think>x</think><search></search>", "<search></search>", False),
-    ("<think>x</think><answer><search>q</search></answer>", "<answer>q</answer>", False),
+    # Search-R1 cuts the turn at the first </search>: it searches (still invalid: both blocks are present).
+    ("<think>x</think><answer><search>q</search></answer>", "<search>q</search>", False),
     ("<think>利马</think><answer>Lima</answer>", "<answer>Lima</answer>", False),
   ],
 )

@@ -18,8 +18,10 @@ from opid_jax.skills.analyzer import (
   SkillParseError,
   SkillSet,
   build_analysis_messages,
+  build_repair_messages,
   discounted_returns,
   parse_skill_set,
+  requested_step_skills,
 )
 from opid_jax.skills.backends import AnalyzerAPIError, make_backend
 from opid_jax.skills.records import AnalyzerStats
@@ -225,8 +227,8 @@ def test_discounted_returns():
 
 def test_request_holds_task_outcome_and_every_step(winning, losing):
   spec = AnalysisSpec(max_step_skills=5)
-  system, user = build_analysis_messages(winning, spec)
-  assert system["role"] == "system" and "JSON" in system["content"]
+  [user] = build_analysis_messages(winning, spec)  # one user message, no system message (as the official one)
+  assert user["role"] == "user" and "one JSON object and nothing else" in user["content"]
   text = user["content"]
   assert "## Task\nput a clean apple in diningtable" in text
   assert "SUCCESS" in text and "workflow that worked" in text and "mistake" not in text
@@ -235,22 +237,50 @@ def test_request_holds_task_outcome_and_every_step(winning, losing):
     assert step.response_text in text
     assert step.observation in text
   assert f"(G_0 = {10 * 0.95**7:.4f})" in text and "(G_7 = 10.0000)" in text
-  assert "At most 5 entries" in text and '"7"' in text
+  assert "at most 5 critical step(s)" in text and 'a key from "0" to "7"' in text
   assert '"episode_summary"' in text and '"episode_skill"' in text and '"step_skills"' in text
 
-  failure_text = build_analysis_messages(losing, AnalysisSpec(max_step_skills=2))[1]["content"]
+  failure_text = build_analysis_messages(losing, AnalysisSpec(max_step_skills=2))[0]["content"]
   assert "FAILURE" in failure_text and "mistake to avoid" in failure_text
-  assert "At most 2 entries" in failure_text
+  assert "at most 2 critical step(s)" in failure_text
   assert "(malformed output" in failure_text  # step 7 was invalid
   assert "(G_0 = 0.0000)" in failure_text
+
+
+@pytest.mark.parametrize("num_steps, asked", [(3, 3), (9, 5), (5, 5), (1, 1)])
+def test_request_asks_for_at_most_min_5_and_t_steps_indexed_from_0(num_steps, asked):
+  trajectory = tiny_trajectory(num_steps)
+  assert requested_step_skills(trajectory, AnalysisSpec()) == asked
+  [message] = build_analysis_messages(trajectory, AnalysisSpec())
+  text = message["content"]
+  assert message["role"] == "user"
+  assert f"at most {asked} critical step(s)" in text
+  assert text.count("at most ") == 1
+  assert f'a 0-based step index (a key from "0" to "{num_steps - 1}"; step 0 is the first step)' in text
+  assert "### Step 0 (" in text and f"### Step {num_steps - 1} (" in text and f"### Step {num_steps} (" not in text
+
+
+def test_request_without_step_skills_asks_for_an_empty_object():
+  [message] = build_analysis_messages(tiny_trajectory(3), AnalysisSpec(max_step_skills=0))
+  assert '"step_skills": {} (no step guidance' in message["content"] and "at most" not in message["content"]
+
+
+def test_analysis_spec_defaults_and_checks():
+  spec = AnalysisSpec()
+  assert (spec.max_step_skills, spec.max_parse_attempts, spec.max_completion_tokens) == (5, 2, 4096)
+  with pytest.raises(ValueError, match="max_parse_attempts"):
+    AnalysisSpec(max_parse_attempts=0)
+  with pytest.raises(ValueError, match="max_completion_tokens"):
+    AnalysisSpec(max_completion_tokens=0)
+  assert AnalysisSpec(max_completion_tokens=None).max_completion_tokens is None
 
 
 def test_request_clips_long_observations_only_when_asked():
   trajectory = tiny_trajectory(1)
   trajectory.steps[0].observation = "x" * 50
-  clipped = build_analysis_messages(trajectory, AnalysisSpec(max_observation_chars=10))[1]["content"]
+  clipped = build_analysis_messages(trajectory, AnalysisSpec(max_observation_chars=10))[0]["content"]
   assert "x" * 10 + " ...[40 more characters]" in clipped
-  whole = build_analysis_messages(trajectory, AnalysisSpec())[1]["content"]
+  whole = build_analysis_messages(trajectory, AnalysisSpec())[0]["content"]
   assert "x" * 50 in whole
 
 
@@ -353,43 +383,70 @@ def scripted_chat_fn(replies_per_round, seen):
   return chat_fn
 
 
+EMPTY_SKILL_REPLY = '{"episode_summary": "s", "episode_skill": "", "step_skills": {"0": "x"}}'
+
+
 def test_local_backend_repairs_then_gives_up():
   seen = []
   chat_fn = scripted_chat_fn(
     [
-      [GOOD_REPLY, "no json here", "still no json", '{"episode_skill": "", "step_skills": {"0": "x"}}'],
-      [GOOD_REPLY, "nope"],
-      ["never"],
+      [GOOD_REPLY, "no json here", "still no json", EMPTY_SKILL_REPLY, EMPTY_SKILL_REPLY],
+      [GOOD_REPLY, "nope", GOOD_REPLY, '```json\n{"episode_skill": "  "}\n```'],
+      ["never called: two attempts in all"],
     ],
     seen,
   )
-  trajectories = [tiny_trajectory(traj_id=i) for i in range(4)]
+  trajectories = [tiny_trajectory(traj_id=i) for i in range(5)]
   with make_backend("local", chat_fn=chat_fn, max_step_skills=5) as backend:
     handle = backend.analyze_many_async(trajectories)
     results = handle.result(timeout=10)
-  assert [len(batch) for batch in seen] == [4, 2, 1]
-  assert [r.traj_id for r in results] == [0, 1, 2, 3]
+  assert [len(batch) for batch in seen] == [5, 4]
+  assert [r.traj_id for r in results] == [0, 1, 2, 3, 4]
   assert results[0].skills == GOOD_SKILLS
   assert results[1].skills == GOOD_SKILLS  # repaired once
-  assert results[2].skills is None and "unreadable reply after 3 tries" in results[2].failure
-  assert results[3].skills is None and results[3].failure == "empty episode_skill"
+  assert results[2].skills is None and "no usable reply after 2 tries" in results[2].failure
+  assert results[3].skills == GOOD_SKILLS  # an empty episode skill is retried, then answered
+  assert (
+    results[4].skills is None and results[4].failure == 'no usable reply after 2 tries: the "episode_skill" is empty'
+  )
   repair = seen[1][0]
-  assert [m["role"] for m in repair] == ["system", "user", "assistant", "user"]
-  assert repair[2]["content"] == "no json here" and "JSON object" in repair[3]["content"]
+  [first] = seen[0][1]
+  assert [m["role"] for m in repair] == ["user"]
+  assert repair[0]["content"].startswith(first["content"] + "\n\n## Your previous answer could not be used")
+  assert "no json here" in repair[0]["content"] and "JSON object" in repair[0]["content"]
+  assert 'Problem: the "episode_skill" is empty.' in seen[1][2][0]["content"]
   stats = handle.stats.as_dict()
   assert stats == {
-    "trajectories": 4,
+    "trajectories": 5,
     "skipped": 0,
-    "calls": 7,
+    "calls": 9,
     "retries": 0,
-    "repairs": 3,
-    "parse_failures": 4,
-    "final_failures": 1,
-    "empty_skills": 1,
-    "with_skill": 2,
+    "repairs": 4,
+    "parse_failures": 6,
+    "final_failures": 2,
+    "empty_skills": 3,
+    "with_skill": 3,
     "seconds": pytest.approx(stats["seconds"]),
   }
+  assert stats["trajectories"] == stats["skipped"] + stats["with_skill"] + stats["final_failures"]
   assert stats["seconds"] > 0 and backend.last_stats is handle.stats
+
+
+def test_local_backend_honours_more_parse_attempts():
+  seen = []
+  chat_fn = scripted_chat_fn([["bad"], [EMPTY_SKILL_REPLY], [GOOD_REPLY]], seen)
+  with make_backend("local", chat_fn=chat_fn, max_parse_attempts=3) as backend:
+    [result] = backend.analyze_many([tiny_trajectory()])
+  assert result.skills == GOOD_SKILLS and len(seen) == 3
+  request = seen[0][0][0]["content"]
+  third = seen[2][0][0]["content"]  # built from the first request, not from the second repair
+  assert third.startswith(request + "\n\n") and "Previous answer:" in third and "bad" not in third[len(request) :]
+
+
+def test_repair_message_clips_the_echoed_reply():
+  [repair] = build_repair_messages([{"role": "user", "content": "REQUEST"}], "y" * 9000, "broken")
+  assert repair["role"] == "user" and repair["content"].startswith("REQUEST\n\n")
+  assert "Problem: broken." in repair["content"] and "y" * 8000 + " ...[1000 more characters]" in repair["content"]
 
 
 def test_local_backend_failures_and_skips():
@@ -498,7 +555,15 @@ FAULT_CASES = {
     GOOD_REPLY,
     {},
     None,
-    dict(calls=3, retries=0, repairs=2, parse_failures=3, final_failures=1),
+    dict(calls=2, retries=0, repairs=1, parse_failures=2, final_failures=1),
+  ),
+  "empty_episode_skill_twice": (
+    [],
+    "ok",
+    EMPTY_SKILL_REPLY,
+    {},
+    None,
+    dict(calls=2, retries=0, repairs=1, parse_failures=2, empty_skills=2, final_failures=1),
   ),
   "garbage_then_good": (
     ["garbage"],
@@ -561,15 +626,83 @@ def test_openai_failure_reasons_are_readable():
 
 def test_openai_repair_request_and_json_mode():
   with FaultServer(["garbage"], reply=GOOD_REPLY) as server:
-    with openai_backend(server, json_mode=True, temperature=0.0, max_tokens=256) as backend:
+    with openai_backend(server, json_mode=True, temperature=0.0, max_completion_tokens=256) as backend:
       [result] = backend.analyze_many([tiny_trajectory()])
   assert result.skills == GOOD_SKILLS
   first, repair = (r["body"] for r in server.requests)
   assert first["response_format"] == {"type": "json_object"}
-  assert first["temperature"] == 0.0 and first["max_tokens"] == 256
-  assert [m["role"] for m in repair["messages"]] == ["system", "user", "assistant", "user"]
-  assert repair["messages"][:2] == first["messages"]
-  assert "looked at the episode" in repair["messages"][2]["content"]
+  assert first["temperature"] == 0.0 and first["max_tokens"] == 256 and repair["max_tokens"] == 256
+  assert [m["role"] for m in first["messages"]] == ["user"]
+  assert [m["role"] for m in repair["messages"]] == ["user"]
+  assert repair["messages"][0]["content"].startswith(first["messages"][0]["content"])
+  assert "looked at the episode" in repair["messages"][0]["content"]
+
+
+def test_openai_request_carries_the_completion_token_cap():
+  with FaultServer([], reply=GOOD_REPLY) as server:
+    with openai_backend(server) as backend:
+      backend.analyze_many([tiny_trajectory()])
+    assert backend.spec.max_completion_tokens == 4096
+    with openai_backend(server, max_completion_tokens=777, token_cap_field="max_completion_tokens") as backend:
+      backend.analyze_many([tiny_trajectory()])
+    with openai_backend(server, max_completion_tokens=None) as backend:
+      backend.analyze_many([tiny_trajectory()])
+  default, renamed, uncapped = (r["body"] for r in server.requests)
+  assert default["max_tokens"] == 4096 and "max_completion_tokens" not in default
+  assert renamed["max_completion_tokens"] == 777 and "max_tokens" not in renamed
+  assert "max_tokens" not in uncapped and "max_completion_tokens" not in uncapped
+  with pytest.raises(ValueError, match="token_cap_field"):
+    openai_backend(server, token_cap_field="max_new_tokens")
+
+
+class RepliesInTurn(FaultServer):
+  """A fault server whose "ok" replies are taken in turn from a list (the last one repeats)."""
+
+  def __init__(self, replies, **kwargs):
+    self._replies = list(replies)
+    super().__init__(**kwargs)
+
+  @property
+  def reply(self):
+    return self._replies.pop(0) if len(self._replies) > 1 else self._replies[0]
+
+  @reply.setter
+  def reply(self, _value):
+    pass
+
+
+def test_openai_empty_episode_skill_is_retried_once_then_succeeds():
+  with RepliesInTurn([EMPTY_SKILL_REPLY, GOOD_REPLY]) as server:
+    with openai_backend(server) as backend:
+      [result] = backend.analyze_many([tiny_trajectory()])
+    stats = backend.last_stats
+  assert result.skills == GOOD_SKILLS and result.failure == ""
+  first, repair = (r["body"] for r in server.requests)
+  assert 'Problem: the "episode_skill" is empty.' in repair["messages"][0]["content"]
+  assert EMPTY_SKILL_REPLY in repair["messages"][0]["content"]
+  assert (stats.calls, stats.repairs, stats.parse_failures, stats.empty_skills) == (2, 1, 1, 1)
+  assert (stats.with_skill, stats.final_failures) == (1, 0)
+
+
+def test_openai_two_empty_episode_skills_leave_no_skill():
+  with FaultServer([], reply=EMPTY_SKILL_REPLY) as server:
+    with openai_backend(server) as backend:
+      [result] = backend.analyze_many([tiny_trajectory()])
+    stats = backend.last_stats
+  assert result.skills is None and result.failure == 'no usable reply after 2 tries: the "episode_skill" is empty'
+  assert result.reply == EMPTY_SKILL_REPLY and len(server.requests) == 2
+  assert stats.as_dict() == {
+    "trajectories": 1,
+    "skipped": 0,
+    "calls": 2,
+    "retries": 0,
+    "repairs": 1,
+    "parse_failures": 2,
+    "final_failures": 1,
+    "empty_skills": 2,
+    "with_skill": 0,
+    "seconds": pytest.approx(stats.seconds),
+  }
 
 
 def test_openai_runs_concurrently_in_the_background():

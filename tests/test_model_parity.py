@@ -12,20 +12,31 @@ import transformers
 from hf_fixtures import VARIANTS, hf_logits, make_hf_model, random_prompt
 
 from opid_jax.generation import sampler as sampler_lib
-from opid_jax.model import decoder, hf_io
+from opid_jax.model import attention, decoder, hf_io
 from opid_jax.rl import scoring
 
 VOCAB = 512
 STOP = 7  # an arbitrary stop id shared by both implementations
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
+# Every attention implementation that runs on CPU: the reference einsum path and the pure-JAX flash attention (with
+# 64-token blocks, so that the prompts here span several query and key blocks).
+ATTENTION = ("xla", "chunked")
+
+
+@pytest.fixture(scope="module", params=[(v, a) for v in sorted(VARIANTS) for a in ATTENTION], ids="-".join)
 def pair(request, tmp_path_factory):
   """(variant, reference torch model, our model) built from the same saved checkpoint."""
-  out = str(tmp_path_factory.mktemp(request.param))
-  ref = make_hf_model(request.param, out, seed=1)
-  ours, cfg, _ = hf_io.load_hf(out)
-  return request.param, ref, ours, out
+  variant, impl = request.param
+  out = str(tmp_path_factory.mktemp(variant))
+  ref = make_hf_model(variant, out, seed=1)
+  ours, cfg, _ = hf_io.load_hf(out, attention=impl)
+  return variant, ref, ours, out
+
+
+@pytest.fixture(autouse=True)
+def small_chunked_blocks(monkeypatch):
+  monkeypatch.setattr(attention, "CHUNKED_BLOCK", 64)
 
 
 def our_logits(model, ids_batch, mask):
@@ -183,7 +194,22 @@ def test_sharded_safetensors_load(pair, tmp_path):
   _, ref, ours, _ = pair
   ref.save_pretrained(str(tmp_path), max_shard_size="20KB")
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
-  again, _, _ = hf_io.load_hf(str(tmp_path))
+  again, _, _ = hf_io.load_hf(str(tmp_path), attention=ours.cfg.attention)
   ids = random_prompt(32, VOCAB, seed=4)
   mask = np.ones((1, 32), bool)
   np.testing.assert_array_equal(our_logits(ours, [ids], mask), our_logits(again, [ids], mask))
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "qwen3_mqa"])
+def test_splash_in_interpret_mode_matches_transformers(variant, tmp_path, monkeypatch):
+  """The Pallas TPU kernel, run by the Pallas interpreter on CPU, on a left-padded batch."""
+  monkeypatch.setattr(attention, "SPLASH_INTERPRET", True)
+  ref = make_hf_model(variant, str(tmp_path), seed=1)
+  ours, _, _ = hf_io.load_hf(str(tmp_path), attention="splash")
+  rows = [random_prompt(n, VOCAB, seed=n) for n in (128, 77)]
+  from opid_jax.batching.padding import pad_left
+
+  ids, mask = pad_left(rows, 128, 2, pad_id=0)
+  got = our_logits(ours, ids, mask)
+  for i, row in enumerate(rows):
+    assert np.abs(got[i, 128 - len(row) :] - hf_logits(ref, row)).max() <= 1e-4

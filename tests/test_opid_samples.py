@@ -50,9 +50,9 @@ def test_rollout_records_well_formed_steps(setup):
 
 
 def counting_score(scorer, calls):
-  def score(prompts, responses, params):
+  def score(prompts, responses, params, units=None):
     calls.append(len(prompts))
-    return scorer.score(prompts, responses, params=params).logprobs
+    return scorer.score(prompts, responses, params=params, units=units).logprobs
 
   return score
 
@@ -94,7 +94,7 @@ def test_skill_pass_scores_the_same_tokens_after_augmented_prompts(setup):
     analysis_handle=analyzer.analyze_many_async(trajs),
   )
   n = sum(t.length for t in trajs)
-  assert calls == [n, n]  # every step is routed a skill (expert skills exist for every trajectory)
+  assert calls == [2 * n]  # one pass: every step is routed a skill (expert skills exist for every trajectory)
   base, _ = opid_samples.build_samples(
     trajs,
     score=counting_score(scorer, []),
@@ -104,7 +104,8 @@ def test_skill_pass_scores_the_same_tokens_after_augmented_prompts(setup):
     settings=opid_samples.OpidSettings(lambda_skill=0.0),
   )
   skill_ids = opid_samples.skill_prompt_ids(trajs, analyzer.analyze_many(trajs), loaded.tokenizer, settings)
-  lp_skill = scorer.score(skill_ids, [s.response_ids for s in samples]).logprobs
+  assert all(len(ids) == 1 for ids in skill_ids)
+  lp_skill = scorer.score([ids[0] for ids in skill_ids], [s.response_ids for s in samples]).logprobs
   for s, b, ls in zip(samples, base, lp_skill):
     np.testing.assert_allclose(s.advantages, b.advantages + 0.5 * (ls - s.old_logp), atol=1e-5)
   assert metrics["adv/skill_coverage"] == 1.0 and 0 < metrics["adv/skill_share"] <= 1

@@ -1,5 +1,6 @@
 """Memory planner against hand counts for real model shapes (the config.json fields of the released models)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -165,3 +166,82 @@ def test_parse_mesh():
   assert plan_cli.parse_mesh("data=2,tensor=4") == {"data": 2, "fsdp": 1, "tensor": 4}
   with pytest.raises(Exception, match="--mesh"):
     plan_cli.parse_mesh("pipeline=2")
+
+
+def hand_activations(hf, rows, t, attention, tensor=1):
+  """The module docstring's remat formula written out, bfloat16 compute, heads/MLP/vocabulary split `tensor` ways."""
+  d, f, layers = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
+  heads, vocab = hf["num_attention_heads"] // tensor, hf["vocab_size"] // tensor
+  saved_inputs = layers * rows * t * d * 2
+  one_layer = rows * t * (10 * d + 3 * (f // tensor)) * 2
+  scores = {
+    "xla": rows * heads * min(256, t) * t * 4 + rows * t * t,  # one 256-query block of scores, the bool mask
+    "chunked": rows * heads * min(512, t) ** 2 * 4 + rows * heads * t * 4,  # one 512 x 512 block, softmax stats
+    "cudnn": rows * heads * t * 4,  # softmax statistics only
+  }[attention]
+  logits = rows * 64 * vocab * 4 * 3
+  return saved_inputs + one_layer + scores + logits
+
+
+def packed(**kw):
+  base = dict(packing=True, pack_length=4096, micro_batch_tokens=8192, attention="xla")
+  return memory.Workload(**{**dataclasses.asdict(WORK), **base, **kw})
+
+
+def test_activation_hand_formula_with_packing():
+  cfg = model_config(QWEN25_3B)
+  mesh = memory.abstract_mesh(dict(data=1, fsdp=2, tensor=2))
+  # 8192 tokens per micro-batch in rows of 4096: 2 rows, one per device of the 2-way batch axes.
+  for attention in ("xla", "chunked", "cudnn"):
+    got = memory.activation_bytes(cfg, packed(attention=attention), mesh, RULES)
+    assert got == hand_activations(QWEN25_3B, rows=1, t=4096, attention=attention, tensor=2)
+  assert memory.activation_bytes(cfg, packed(attention="auto"), mesh, RULES) == hand_activations(
+    QWEN25_3B, rows=1, t=4096, attention="cudnn", tensor=2
+  )
+  # Hand numbers for the fused kernel: 36*4096*2048*2 + 4096*(20480 + 16512)*2 + 8*4096*4 + 64*75968*12
+  assert hand_activations(QWEN25_3B, rows=1, t=4096, attention="cudnn", tensor=2) == (
+    603979776 + 303038464 + 131072 + 58343424
+  )
+
+
+def test_packing_sets_the_micro_batch_tokens():
+  work = packed()
+  assert (work.update_rows, work.update_length) == (2, 4096)  # 8192 // 4096 rows of pack_length
+  assert (packed(micro_batch_tokens=1000).update_rows, packed(micro_batch_tokens=20000).update_rows) == (1, 4)
+  assert (WORK.update_rows, WORK.update_length) == (16, 2560)  # unpacked: micro_batch rows of max_length
+  cfg = model_config(QWEN25_3B)
+  mesh = memory.abstract_mesh(dict(data=2, fsdp=1, tensor=1))
+  same = dataclasses.replace(WORK, micro_batch=2, max_length=4096, attention="xla")
+  assert memory.activation_bytes(cfg, packed(), mesh, RULES) == memory.activation_bytes(cfg, same, mesh, RULES)
+  # 3 rows on 2 data-parallel devices: the packer rounds down to 2 rows, one per device.
+  assert memory.activation_bytes(cfg, packed(micro_batch_tokens=3 * 4096), mesh, RULES) == (
+    memory.activation_bytes(cfg, packed(), mesh, RULES)
+  )
+  # micro_batch_size no longer matters; doubling the tokens doubles the rows.
+  assert memory.activation_bytes(cfg, packed(micro_batch=64), mesh, RULES) == memory.activation_bytes(
+    cfg, packed(), mesh, RULES
+  )
+  assert memory.activation_bytes(cfg, packed(micro_batch_tokens=16384), mesh, RULES) == 2 * (
+    memory.activation_bytes(cfg, packed(), mesh, RULES)
+  )
+  with pytest.raises(Exception, match="pack_length"):
+    packed(pack_length=0)
+  with pytest.raises(Exception, match="model.attention"):
+    packed(attention="flash")
+
+
+def test_xla_attention_costs_more_than_chunked_and_fused_for_long_rows():
+  cfg = model_config(QWEN25_3B)
+  mesh = memory.abstract_mesh(dict(data=1, fsdp=1, tensor=1))
+
+  def act(attention, t):
+    return memory.activation_bytes(cfg, packed(attention=attention, pack_length=t, micro_batch_tokens=t), mesh, RULES)
+
+  for t in (4096, 32768):
+    assert act("xla", t) > act("chunked", t) > act("cudnn", t) == act("splash", t) == act("auto", t)
+  assert act("cudnn", 4096) < act("xla", 4096)
+
+
+def test_auto_attention_is_the_devices_fused_kernel():
+  assert memory.planned_attention("auto", "v5e") == "splash" and memory.planned_attention("auto", "h100") == "cudnn"
+  assert memory.planned_attention("xla", "v4") == "xla"

@@ -170,7 +170,7 @@ def test_skill_prompts_follow_the_side(chatml_tokenizer):
       lambda_skill=0.5, routing="episode_only", max_prompt_tokens=limit, truncation_side=side
     )
 
-  assert opid_samples.skill_prompt_ids([traj], ANALYSIS, chatml_tokenizer, settings("left")) == [full[-limit:]]
+  assert opid_samples.skill_prompt_ids([traj], ANALYSIS, chatml_tokenizer, settings("left")) == [[full[-limit:]]]
   with pytest.raises(
     PromptTooLong, match=f"a skill-augmented prompt of {len(full)} tokens exceeds rollout.max_prompt_tokens={limit}"
   ):

@@ -143,7 +143,7 @@ def test_rollout_prefills_the_assistant_turn_and_skill_prompts_keep_it(chatml_to
   ids = opid_samples.skill_prompt_ids([first], [analysis], tok, settings)
   augmented = routing.inject_skill(step.user_prompt_text, routing.RoutedSkill(skills.episode_skill))
   expected = prompts.to_chat_text(tok, augmented) + "<action>"
-  assert ids[0] == tok(expected, add_special_tokens=False)["input_ids"]
+  assert ids[0] == [tok(expected, add_special_tokens=False)["input_ids"]]
 
 
 def test_skill_injection_in_the_action_prompt():

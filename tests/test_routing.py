@@ -11,10 +11,10 @@ from opid_jax.skills.routing import (
   NO_SKILL,
   ROUTING_MODES,
   RoutedSkill,
-  augmented_prompts,
   inject_skill,
   route_step,
   route_trajectory,
+  teacher_prompts,
 )
 
 SKILLS = SkillSet(
@@ -36,6 +36,7 @@ EXPECTED_ROUTES = {
   "episode_only": [RoutedSkill(EP)] * 5,
   "step_only": [NO_SKILL, RoutedSkill(step_skill=S1), NO_SKILL, RoutedSkill(step_skill=S3), NO_SKILL],
   "superimpose": [RoutedSkill(EP), RoutedSkill(EP, S1), RoutedSkill(EP), RoutedSkill(EP, S3), RoutedSkill(EP)],
+  "additive": [RoutedSkill(EP), RoutedSkill(EP, S1), RoutedSkill(EP), RoutedSkill(EP, S3), RoutedSkill(EP)],
   "none": [NO_SKILL] * 5,
 }
 
@@ -214,18 +215,24 @@ def test_fallbacks_when_anchors_are_missing():
   )
 
 
-def test_augmented_prompts_for_a_trajectory():
+def test_teacher_prompts_for_a_trajectory():
   prompts = [f"Your task is to: t.\nstep {t}\nNow it's your turn." for t in range(3)]
   skills = SkillSet("s", "E.", {1: "S."})
-  out = augmented_prompts(prompts, skills, "step_only")
-  assert out[0] is None and out[2] is None
-  assert out[1] == (
+  out = teacher_prompts(prompts, skills, "step_only")
+  assert out[0] == [] and out[2] == []
+  step_prompt = (
     "Your task is to: t.\nstep 1\n\n**Step skill (hindsight for this exact step)**\n"
     "Follow this advice when you choose the action for the current step:\n[S.]\n\n"
     "Now it's your turn."
   )
-  assert augmented_prompts(prompts, None, "critical_first") == [None, None, None]
-  assert all(p is not None for p in augmented_prompts(prompts, skills, "critical_first"))
+  assert out[1] == [step_prompt]
+  assert teacher_prompts(prompts, None, "critical_first") == [[], [], []]
+  assert all(len(p) == 1 for p in teacher_prompts(prompts, skills, "critical_first"))
+  # additive: the episode skill and the step skill in two separate prompts (only the episode one without a step skill)
+  additive = teacher_prompts(prompts, skills, "additive")
+  assert [len(p) for p in additive] == [1, 2, 1]
+  assert additive[1] == [inject_skill(prompts[1], RoutedSkill("E.")), step_prompt]
+  assert teacher_prompts(prompts, skills, "superimpose")[1] == [inject_skill(prompts[1], RoutedSkill("E.", "S."))]
 
 
 # ---------------------------------------------------------------- prompts the agent really renders
@@ -318,11 +325,16 @@ RENDERED_SKILLS = SkillSet(
 def test_skills_land_in_prompts_the_agent_rendered(env_name, mode):
   texts = agent_rendered(env_name)
   routed = route_trajectory(RENDERED_SKILLS, len(texts), mode)
-  augmented = augmented_prompts(texts, RENDERED_SKILLS, mode)
-  assert [a is not None for a in augmented] == [r.has_skill for r in routed]
-  for text, r, got in zip(texts, routed, augmented):
-    if got is None:
+  teachers = teacher_prompts(texts, RENDERED_SKILLS, mode)
+  assert [bool(t) for t in teachers] == [r.has_skill for r in routed]
+  for text, r, prompts in zip(texts, routed, teachers):
+    if mode == "additive":  # each part on its own, checked like the single-skill modes
+      parts = [RoutedSkill(r.episode_skill), RoutedSkill(step_skill=r.step_skill)]
+      assert prompts == [expected_injection(text, p) for p in parts if p.has_skill]
       continue
+    if not prompts:
+      continue
+    (got,) = prompts
     assert got == expected_injection(text, r)
     lines, got_lines = text.split("\n"), got.split("\n")
     assert got_lines[:2] == lines[:2] and got_lines[-1] == lines[-1]  # role, task, final instruction kept

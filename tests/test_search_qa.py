@@ -12,7 +12,7 @@ import httpx
 import pytest
 from shared_data import shared_path
 
-from opid_jax.agent import rollout
+from opid_jax.agent import parsing, rollout
 from opid_jax.envs import retrieval_server
 from opid_jax.envs.pool import EnvPool
 from opid_jax.envs.search_qa import (
@@ -23,6 +23,7 @@ from opid_jax.envs.search_qa import (
   format_passages,
   list_questions,
   normalize_answer,
+  search_r1_action,
 )
 
 CORPUS = shared_path("search_qa", "corpus", "wiki18_sample_1000.jsonl")
@@ -58,6 +59,58 @@ def test_normalisation_and_exact_match():
   assert exact_match("J.R.R. Tolkien", ["J. R. R. Tolkien"]) is False  # spacing survives
   assert not exact_match("Beatle", ["Beatles"])
   assert not exact_match("", ["x"])
+
+
+@pytest.mark.parametrize(
+  "response, action",
+  [
+    ("<think>x</think><answer>Cusco</answer> no, <answer>Lima</answer>", ("answer", "Cusco")),  # the first answer
+    ("<search> capital of peru </search><answer>Lima</answer>", ("search", "capital of peru")),
+    ("<answer>Lima</answer> or <search>q</search>", ("answer", "Lima")),
+    # a later </search> keeps more of the turn, and Search-R1 scores the turn's last answer
+    ("<answer>Cusco</answer> <answer>Lima</answer> <search>q</search>", ("answer", "Lima")),
+    ("<answer>Cusco <search>q</search></answer>", ("search", "q")),  # the turn ends at </search>
+    ("<answer>Lima", (None, "")),
+  ],
+)
+def test_search_r1_reads_the_first_tag_pair_of_the_turn(response, action):
+  assert search_r1_action(response) == action
+
+
+def test_the_first_answer_of_a_turn_is_scored(questions):
+  env = SearchQAEnv(questions, retriever_url="http://127.0.0.1:9/retrieve")  # answers never reach the retriever
+  env.reset("q1")
+  late = env.step("<answer>Pfizer</answer> no wait, <answer>Genentech</answer>")
+  assert (late.info["answer"], late.reward, late.done) == ("Pfizer", 0.0, True)
+  env.reset("q1")
+  assert env.step("<answer>Genentech</answer> or maybe <answer>Pfizer</answer>").won
+  parsed = parsing.parse_search_response("<think>x</think><answer>Pfizer</answer> no, <answer>Genentech</answer>")
+  assert parsed.action == "<answer>Pfizer</answer>"  # what the env receives in a rollout
+
+
+def test_tags_are_case_sensitive(questions):
+  env = SearchQAEnv(questions, retriever_url="http://127.0.0.1:9/retrieve")
+  env.reset("q1")
+  for response in ("<Answer>Genentech</Answer>", "<ANSWER>Genentech</ANSWER>", "<answer>Genentech</Answer>"):
+    assert search_r1_action(response) == (None, "")
+    result = env.step(response)
+    assert (result.observation, result.reward, result.done) == (INVALID_ACTION_FEEDBACK, 0.0, False)
+    parsed = parsing.parse_search_response("<think>x</think>" + response)
+    assert (parsed.action, parsed.valid) == ("", False)
+  parsed = parsing.parse_search_response("<think>x</think><Search>q</Search><answer>Roche</answer>")
+  assert (parsed.action, parsed.valid) == ("<answer>Roche</answer>", True)  # <Search> is plain text
+
+
+def test_golden_answers_given_as_one_string(tmp_path):
+  path = tmp_path / "one_test.jsonl"
+  path.write_text(json.dumps({"id": "q", "question": "Capital of France?", "golden_answers": "Paris"}) + "\n")
+  assert exact_match("paris", "Paris") and not exact_match("p", "Paris")
+  env = SearchQAEnv(str(path), retriever_url="http://127.0.0.1:9/retrieve")
+  env.reset("q")
+  assert env.hindsight().gold_answers == ("Paris",)
+  assert env.step("<answer>paris</answer>").won
+  env.reset("q")
+  assert not env.step("<answer>p</answer>").won  # not one of the characters of "Paris"
 
 
 def test_passages_are_formatted_like_search_r1():

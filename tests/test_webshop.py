@@ -101,6 +101,36 @@ def test_token_set_ratio_hand_computed():
   assert preprocess(("color", "navy blue")) == "color    navy blue"  # a goal's (name, value) pair
 
 
+@pytest.mark.parametrize(
+  "text, cleaned",
+  [
+    ("Café Noir", "caf noir"),  # U+00E9 is in thefuzz 0.19's dropped range U+0080..U+00FF
+    ("Über\u00a0Soft", "bersoft"),  # so are U+00DC and the no-break space: deleted, not spaced
+    ("Łódź", "łdź"),  # U+0141 and U+017A are kept (lower-cased), U+00F3 is dropped
+    ("深蓝 Navy", "深蓝 navy"),  # CJK is kept
+    ("Ÿ", "ÿ"),  # U+0178 is kept, and only then lower-cased into the dropped range
+    ("Men’s", "men s"),  # U+2019 is kept, then spaced as a non-word character
+    ("x_large", "x_large"),  # "_" is a word character
+    ("Soft-Grey!", "soft grey"),
+  ],
+)
+def test_preprocess_cleans_as_thefuzz_0_19(text, cleaned):
+  assert preprocess(text) == cleaned
+
+
+def test_option_match_keeps_underscores_and_non_latin1_text():
+  # "_" joins a token: "x_large" no longer shares the token "large" (was 100 when "_" became a space)
+  assert token_set_ratio("x_large", "large") == 83
+  assert option_matches(["x_large"], {"size": "large"}) == 0
+  assert option_matches({"size": "x_large"}, {"size": "x_large"}) == 1
+  # characters above U+00FF survive: identical CJK options match (they were erased to "", which scores 0)
+  assert token_set_ratio("深蓝", "深蓝") == 100
+  assert option_matches({"color": "深蓝"}, {"color": "深蓝"}) == 1
+  assert option_matches(["深蓝"], {"color": "浅蓝"}) == 0  # 50: one of two characters in common
+  # U+0080..U+00FF is still dropped: "café" is "caf"
+  assert token_set_ratio("Café", "caf") == 100
+
+
 def test_normalize_color_follows_color_set_order():
   assert normalize_color("navy | white") == "navy"
   assert normalize_color("dark navy") == "dark"  # 'dark' precedes 'navy' in WebShop's list

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from opid_jax.envs.search_qa import search_r1_action
+
 # CJK ideographs, kana and hangul: any of them marks a response as malformed (language drift).
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 _ANY_TAG = re.compile(r"</?(?:think|action|search|answer|information)>", re.IGNORECASE)
-_SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", re.IGNORECASE | re.DOTALL)
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+_SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", re.DOTALL)  # case-sensitive, as in Search-R1
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BEST_EFFORT_CHARS = 100
 
 
@@ -100,16 +102,15 @@ def answer_action(answer: str) -> str:
 
 
 def parse_search_response(response_text: str) -> ParsedAction:
-  """Search-QA style: the first complete `<search>` or `<answer>` block decides the kind of action
-  (as in Search-R1); an answer uses the text of the last `<answer>` block. The env receives the
-  action re-wrapped in its tag, e.g. `<search>capital of peru</search>`."""
-  search = _SEARCH_BLOCK.search(response_text)
-  answers = _ANSWER_BLOCK.findall(response_text)
-  first_answer = _ANSWER_BLOCK.search(response_text)
-  if search is None and first_answer is None:
+  """Search-QA style, read as Search-R1 reads a response (envs/search_qa.py `search_r1_action`): the turn ends
+  at the first `</search>` (else the first `</answer>`), its first complete `<search>` or `<answer>` pair is the
+  action, tags are case-sensitive, and so an answer is the first `<answer>` of the turn. The env receives the
+  action re-wrapped in its tag, e.g. `<search>capital of peru</search>`. Validity is judged on the whole
+  response."""
+  kind, content = search_r1_action(response_text)
+  if kind is None:
     return ParsedAction("", False, "missing <search></search> or <answer></answer> block")
-  answering = first_answer is not None and (search is None or first_answer.start() < search.start())
-  content = answers[-1] if answering else search.group(1)
+  answering = kind == "answer"
   if _ANY_TAG.search(content):
     content = _strip_tags(content)
     problem = "tags nested inside the action block"
@@ -119,7 +120,7 @@ def parse_search_response(response_text: str) -> ParsedAction:
   action = answer_action(content) if answering else search_action(content)
   if not problem and not content:
     problem = "empty answer" if answering else "empty search query"
-  if not problem and search is not None and first_answer is not None:
+  if not problem and _SEARCH_BLOCK.search(response_text) and _ANSWER_BLOCK.search(response_text):
     problem = "both <search> and <answer> blocks"
   problem = problem or _format_problem(response_text)
   return ParsedAction(action, not problem, problem)

@@ -33,6 +33,8 @@ class AgentSpec:
   history_length: int
   max_steps: int  # a safety cap; the env normally ends the episode itself
   response_prefix: str = ""  # text the assistant turn is pre-filled with (after the chat template)
+  # (user text, task type) -> the user text the student sees, e.g. with a skill from a bank (Skill-GRPO); None: as is
+  student_prompt: Callable[[str, str], str] | None = None
 
 
 RESPONSE_FORMATS = ("think_action", "action")  # rollout.response_format (ALFWorld and the counting env)
@@ -178,6 +180,8 @@ def _play_turn(
     agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history, agent.history_length)
     for e in running
   ]
+  if agent.student_prompt is not None:
+    user_texts = [agent.student_prompt(text, e.trajectory.task_type) for text, e in zip(user_texts, running)]
   prefix = agent.response_prefix
   prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) + prefix for text in user_texts]
   prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens, truncation_side) for text in prompt_texts]

@@ -1,10 +1,11 @@
 """Search-QA: answer a question in at most `max_turns` turns, searching a retriever on the way.
 
-The env receives `<search>query</search>` or `<answer>text</answer>` (see agent/parsing.py). Queries go
-to a retrieval server speaking the Search-R1 `/retrieve` protocol (our `retrieval_server`, or a user's
-e5 + wiki-18 server), and the passages come back as `Doc i(Title: t) text` inside
-`<information>...</information>`. An answer ends the episode with reward 1 on an exact match with
-one of the gold answers (normalised as in SQuAD/Search-R1), else 0.
+The env receives `<search>query</search>` or `<answer>text</answer>` (see agent/parsing.py) and reads an
+action as Search-R1 does (`search_r1_action`): the turn ends at the first `</search>` (else the first
+`</answer>`), its first complete tag pair counts, and tags are case-sensitive. Queries go to a retrieval server speaking the Search-R1
+`/retrieve` protocol (our `retrieval_server`, or a user's e5 + wiki-18 server), and the passages come back
+as `Doc i(Title: t) text` inside `<information>...</information>`. An answer ends the episode with reward 1
+on an exact match with one of the gold answers (normalised as in SQuAD/Search-R1), else 0.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, Sequence
 
 from opid_jax.envs.base import Env, Hindsight, ResetResult, StepResult
 
-_SEARCH = re.compile(r"<search>(.*?)</search>", re.IGNORECASE | re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+# Search-R1's patterns, case-sensitive: `<Answer>x</Answer>` is no action.
+_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = set(string.punctuation)
 INVALID_ACTION_FEEDBACK = (
@@ -35,19 +37,40 @@ def normalize_answer(text: str) -> str:
   return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def exact_match(prediction: str, gold_answers: Sequence[str]) -> bool:
+def as_answer_list(golden_answers: str | Sequence[Any]) -> list[str]:
+  """Gold answers as a list of strings: a single string is one answer, not a sequence of characters."""
+  if isinstance(golden_answers, str):
+    return [golden_answers]
+  return [str(gold) for gold in golden_answers]
+
+
+def exact_match(prediction: str, gold_answers: str | Sequence[str]) -> bool:
+  """Search-R1's `em_check`: the normalised prediction equals some normalised gold answer."""
   predicted = normalize_answer(prediction)
-  return any(predicted == normalize_answer(gold) for gold in gold_answers)
+  return any(predicted == normalize_answer(gold) for gold in as_answer_list(gold_answers))
 
 
-def last_answer(text: str) -> str | None:
-  answers = _ANSWER.findall(text)
-  return answers[-1].strip() if answers else None
+def search_r1_turn(text: str) -> str:
+  """The part of a response that Search-R1 keeps as the turn: up to the first `</search>`, or, in a response
+  without one, up to the first `</answer>` (search_r1/llm_agent/generation.py `_postprocess_responses`)."""
+  for closing in ("</search>", "</answer>"):
+    if closing in text:
+      return text.split(closing, 1)[0] + closing
+  return text
 
 
-def first_search(text: str) -> str | None:
-  found = _SEARCH.search(text)
-  return " ".join(found.group(1).split()) if found else None
+def search_r1_action(text: str) -> tuple[str | None, str]:
+  """`("search" | "answer" | None, content)` as Search-R1 reads a response: the first complete `<search>` or
+  `<answer>` pair of the kept turn decides the action (`postprocess_predictions`; case-sensitive tags). An
+  answer's content is what Search-R1 scores: the last `<answer>` pair of the turn (verl qa_em.py
+  `extract_solution`), which is the first one of the response unless a later `</search>` extended the turn."""
+  turn = search_r1_turn(text)
+  found = _ACTION.search(turn)
+  if found is None:
+    return None, ""
+  if found.group(1) == "answer":
+    return "answer", _ANSWER.findall(turn)[-1].strip()
+  return "search", found.group(2).strip()
 
 
 def split_title(contents: str) -> tuple[str, str]:
@@ -175,8 +198,9 @@ class SearchQAEnv(Env):
     if self._done or self._row is None:
       raise RuntimeError("step() called on a finished Search-QA episode; call reset() first")
     self._turns += 1
-    answer = last_answer(action)
-    query = None if answer is not None else first_search(action)
+    kind, content = search_r1_action(action)
+    answer = content if kind == "answer" else None
+    query = " ".join(content.split()) if kind == "search" else None
     won = False
     if answer is not None:
       won = exact_match(answer, self._row["golden_answers"])
@@ -199,7 +223,7 @@ class SearchQAEnv(Env):
   def hindsight(self) -> Hindsight:
     if self._row is None:
       return Hindsight()
-    return Hindsight(gold_answers=tuple(str(a) for a in self._row["golden_answers"]))
+    return Hindsight(gold_answers=tuple(as_answer_list(self._row["golden_answers"])))
 
   def close(self) -> None:
     self.retriever.close()

@@ -20,7 +20,12 @@ from opid_jax.model import loading
 def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
   """Evaluates the latest checkpoint (or the plain model); returns (table, path of the files without suffix)."""
   env = env_setup.build(config.env, config.rollout)
-  loaded = loading.load(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
+  loaded = loading.load(
+    config.model.path,
+    dtype=config.model.dtype,
+    param_dtype=config.model.param_dtype,
+    attention=config.model.attention,
+  )
   _, params = nnx.split(loaded.model)
   restored, step = run_files.restore_latest_params(workdir, params, config.checkpoint.dir or None)
   if restored is not None:

@@ -156,6 +156,7 @@ def build_server(
   max_prompt_tokens: int = 4096,
   default_max_tokens: int = 512,
   dtype: str = "float32",
+  attention: str = "xla",
   truncation_side: str = "left",
 ):
   from opid_jax.batching import padding
@@ -163,7 +164,7 @@ def build_server(
   from opid_jax.generation.sampler import Sampler
   from opid_jax.model import loading, tokenizer as tok
 
-  loaded = loading.load(model, dtype=dtype)
+  loaded = loading.load(model, dtype=dtype, attention=attention)
   sampler = Sampler(
     loaded.model,
     loaded.stop_ids,

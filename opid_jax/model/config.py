@@ -32,6 +32,7 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
   remat: bool = False
+  attention: str = "xla"  # self-attention implementation without a cache (model/attention.py)
   extra_hf: tuple[tuple[str, Any], ...] = ()  # token ids etc., written back on export
 
   @property

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from opid_jax.model import attention as attention_lib
 from opid_jax.model.config import ModelConfig
 from opid_jax.model.sharding import constrain
 
@@ -88,7 +89,7 @@ class Attention(nnx.Module):
       y = y + getattr(self, name + "_bias")[...].astype(dt)
     return y
 
-  def __call__(self, x, cos, sin, kv_valid, cache: LayerCache | None, cache_index):
+  def __call__(self, x, cos, sin, kv_valid, cache: LayerCache | None, cache_index, segment_ids=None):
     cfg = self.cfg
     q, k, v = self._project(x, "q"), self._project(x, "k"), self._project(x, "v")
     if cfg.qk_norm:
@@ -105,50 +106,21 @@ class Attention(nnx.Module):
         allowed = kv_valid & (jnp.arange(kv_valid.shape[1]) <= cache_index)[None]  # [b, s]
         out = _attend_one_query(q[:, 0], cache.k.astype(q.dtype), cache.v.astype(q.dtype), allowed)
         return self._output(out.reshape(b, 1, n, h), x.dtype), cache
-      if isinstance(cache_index, int) and cache_index == 0:
-        kv_valid = kv_valid[:, :t]  # queries at slots < t see only keys at slots < t: the fresh ones
-      else:
+      if not (isinstance(cache_index, int) and cache_index == 0):  # appending after cached tokens
         k = constrain(cache.k.transpose(0, 3, 1, 2), ("batch", "cache_length", "kv_heads", "head_dim"))
         v = constrain(cache.v.swapaxes(1, 2), ("batch", "cache_length", "kv_heads", "head_dim"))
-    query_slot = cache_index + jnp.arange(t)
-    causal = jnp.arange(k.shape[1])[None, :] <= query_slot[:, None]  # [t, s]
-    allowed = causal[None] & kv_valid[:, None, :]  # [b, t, s]
-    out = _attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+        query_slot = cache_index + jnp.arange(t)
+        allowed = (jnp.arange(k.shape[1])[None, :] <= query_slot[:, None])[None] & kv_valid[:, None, :]
+        out = attention_lib.attend_masked(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+        return self._output(out.reshape(b, t, n, h), x.dtype), cache
+    # Self-attention over the fresh tokens: queries at slots < t see only keys at slots < t, of their own segment.
+    segments = segment_ids if segment_ids is not None else kv_valid[:, :t].astype(jnp.int32)
+    out = attention_lib.attend(q, k, v, segments, segments, impl=cfg.attention)
     return self._output(out.reshape(b, t, n, h), x.dtype), cache
 
   def _output(self, heads, dtype):
     """[b, t, heads, head_dim] -> [b, t, embed]."""
     return jnp.einsum("btnh,nhd->btd", heads, self.o[...].astype(dtype))
-
-
-QUERY_BLOCK = 256
-
-
-def _attend(q, k, v, allowed):
-  """q: [b, t, kv_heads, groups, h]; k, v: [b, s, kv_heads, h]; allowed: [b, t, s].
-
-  Long inputs go through blocks of QUERY_BLOCK queries, each under jax.checkpoint: the [t, s] score matrix
-  never exists whole, in the forward or the backward pass (memory O(block x s) instead of O(t x s)).
-  """
-  t = q.shape[1]
-  if t <= QUERY_BLOCK:
-    return _attend_block(q, k, v, allowed)
-  n = -(-t // QUERY_BLOCK)
-  extra = n * QUERY_BLOCK - t  # padded queries attend to nothing useful and are dropped below
-  q = jnp.pad(q, [(0, 0), (0, extra)] + [(0, 0)] * (q.ndim - 2))
-  allowed = jnp.pad(allowed, [(0, 0), (0, extra), (0, 0)])
-  q_blocks = q.reshape(q.shape[0], n, QUERY_BLOCK, *q.shape[2:]).swapaxes(0, 1)
-  mask_blocks = allowed.reshape(allowed.shape[0], n, QUERY_BLOCK, allowed.shape[-1]).swapaxes(0, 1)
-  block = jax.checkpoint(lambda qm: _attend_block(qm[0], k, v, qm[1]))
-  out = jax.lax.map(block, (q_blocks, mask_blocks))  # [n, b, block, k, g, h]
-  return out.swapaxes(0, 1).reshape(q.shape)[:, :t]
-
-
-def _attend_block(q, k, v, allowed):
-  scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * (q.shape[-1] ** -0.5)
-  scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-  return jnp.einsum("bkgts,bskh->btkgh", probs, v)
 
 
 def _write_cache(cache: LayerCache, k, v, cache_index) -> LayerCache:
@@ -194,30 +166,30 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, cos, sin, kv_valid, cache, cache_index):
+  def __call__(self, x, cos, sin, kv_valid, cache, cache_index, segment_ids=None):
     with jax.named_scope("attention"):
-      attn_out, cache = self.attn(self.attn_norm(x), cos, sin, kv_valid, cache, cache_index)
+      attn_out, cache = self.attn(self.attn_norm(x), cos, sin, kv_valid, cache, cache_index, segment_ids)
       x = x + attn_out
     with jax.named_scope("mlp"):
       x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ("batch", "length", "embed")), cache
 
 
-def _run_block(block, x, cos, sin, kv_valid, cache, cache_index):
-  return block(x, cos, sin, kv_valid, cache, cache_index)
+def _run_block(block, x, cos, sin, kv_valid, cache, cache_index, segment_ids):
+  return block(x, cos, sin, kv_valid, cache, cache_index, segment_ids)
 
 
-def _run_block_remat(block, x, cos, sin, kv_valid, cache, cache_index):
+def _run_block_remat(block, x, cos, sin, kv_valid, cache, cache_index, segment_ids):
   """The block under jax.checkpoint, its parameters passed explicitly (a pure function of arrays), so it
   composes with any enclosing jit / grad / scan / eval_shape."""
   graphdef, state = nnx.split(block)
 
   @jax.checkpoint
-  def run(state, x, cos, sin, kv_valid):
-    out, _ = nnx.merge(graphdef, state)(x, cos, sin, kv_valid, None, 0)
+  def run(state, x, cos, sin, kv_valid, segment_ids):
+    out, _ = nnx.merge(graphdef, state)(x, cos, sin, kv_valid, None, 0, segment_ids)
     return out
 
-  return run(state, x, cos, sin, kv_valid), cache
+  return run(state, x, cos, sin, kv_valid, segment_ids), cache
 
 
 class Decoder(nnx.Module):
@@ -230,11 +202,14 @@ class Decoder(nnx.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = _param((cfg.hidden_size, cfg.vocab_size), pd, ("embed", "vocab"), _normal, rngs)
 
-  def __call__(self, tokens, positions, kv_valid, cache: list[LayerCache] | None = None, cache_index=0):
+  def __call__(
+    self, tokens, positions, kv_valid, cache: list[LayerCache] | None = None, cache_index=0, segment_ids=None
+  ):
     """Final-norm hidden states [batch, length, embed] and the updated cache.
 
     tokens, positions: [batch, length]; kv_valid: [batch, keys] (keys = length without a cache, the cache
-    length with one) marks which key slots hold real tokens; queries attend causally by slot.
+    length with one) marks which key slots hold real tokens; queries attend causally by slot. segment_ids
+    [batch, length] (packed rows, no cache; 0 = padding): queries attend only to keys of their own segment.
     """
     dt = jnp.dtype(self.cfg.dtype)
     with jax.named_scope("embed"):
@@ -246,18 +221,21 @@ class Decoder(nnx.Module):
     new_cache = []
     for i, block in enumerate(self.layers):
       with jax.named_scope(f"layer_{i}"):
-        x, layer_cache = run(block, x, cos, sin, kv_valid, None if cache is None else cache[i], cache_index)
+        layer_cache = None if cache is None else cache[i]
+        x, layer_cache = run(block, x, cos, sin, kv_valid, layer_cache, cache_index, segment_ids)
       new_cache.append(layer_cache)
     with jax.named_scope("final_norm"):
       x = self.final_norm(x)
     return x, (new_cache if cache is not None else None)
 
-  def logits(self, hidden) -> jax.Array:
+  def logits(self, hidden, dtype=None) -> jax.Array:
     """Float32 logits for (a few) hidden states; never call this on a whole long batch.
 
-    Tied models contract directly against the (vocab, embed) table: no transposed copy of it is made.
+    The projection runs in the compute dtype, or in `dtype` (scoring projects in float32). Tied models contract
+    directly against the (vocab, embed) table: no transposed copy of it is made.
     """
-    dt = jnp.dtype(self.cfg.dtype)
+    dt = jnp.dtype(dtype or self.cfg.dtype)
+    hidden = hidden.astype(dt)
     with jax.named_scope("logits"):
       if self.cfg.tie_word_embeddings:
         return jnp.einsum("...d,vd->...v", hidden, self.embed[...].astype(dt), preferred_element_type=jnp.float32)

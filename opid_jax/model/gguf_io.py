@@ -112,9 +112,17 @@ def iter_gguf_tensors(reader, hf: dict) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def load_gguf(
-  path: str, *, dtype: str | None = None, param_dtype: str | None = None, remat: bool = False, shardings=None
+  path: str,
+  *,
+  dtype: str | None = None,
+  param_dtype: str | None = None,
+  remat: bool = False,
+  attention: str = "xla",
+  shardings=None,
 ) -> tuple[Decoder, ModelConfig]:
   reader = _reader(path)
   hf = gguf_hf_config(reader)
-  cfg = ModelConfig.from_hf_dict(hf, dtype=dtype or "float32", param_dtype=param_dtype or "float32", remat=remat)
+  cfg = ModelConfig.from_hf_dict(
+    hf, dtype=dtype or "float32", param_dtype=param_dtype or "float32", remat=remat, attention=attention
+  )
   return build_model(cfg, iter_gguf_tensors(reader, hf), source=path, shardings=shardings), cfg

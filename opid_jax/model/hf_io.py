@@ -208,7 +208,13 @@ def build_model(
 
 
 def load_hf(
-  path_or_id: str, *, dtype: str | None = None, param_dtype: str | None = None, remat: bool = False, shardings=None
+  path_or_id: str,
+  *,
+  dtype: str | None = None,
+  param_dtype: str | None = None,
+  remat: bool = False,
+  attention: str = "xla",
+  shardings=None,
 ) -> tuple[Decoder, ModelConfig, str]:
   """Loads an HF folder or hub id. Returns the model, its config and the local folder."""
   model_dir = resolve_model_dir(path_or_id)
@@ -218,6 +224,7 @@ def load_hf(
     dtype=dtype or "float32",
     param_dtype=param_dtype or ("bfloat16" if stored == "bfloat16" else "float32"),
     remat=remat,
+    attention=attention,
   )
   cfg = ModelConfig.from_hf_dict(hf, **overrides)
   files = safetensors_files(model_dir)

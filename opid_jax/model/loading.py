@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from opid_jax.model import gguf_io, hf_io, tokenizer as tok
+from opid_jax.model import attention as attention_lib, gguf_io, hf_io, tokenizer as tok
 from opid_jax.model.config import ModelConfig
 from opid_jax.model.decoder import Decoder
 
@@ -25,14 +25,20 @@ def load(
   dtype: str | None = None,
   param_dtype: str | None = None,
   remat: bool = False,
+  attention: str = "xla",
   shardings=None,
   with_tokenizer: bool = True,
 ) -> LoadedModel:
+  attention = attention_lib.resolve(attention)  # a kernel this backend cannot run stops here, with one line
   if path.endswith(".gguf"):
-    model, cfg = gguf_io.load_gguf(path, dtype=dtype, param_dtype=param_dtype, remat=remat, shardings=shardings)
+    model, cfg = gguf_io.load_gguf(
+      path, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention, shardings=shardings
+    )
     source, config_dir = path, None
   else:
-    model, cfg, source = hf_io.load_hf(path, dtype=dtype, param_dtype=param_dtype, remat=remat, shardings=shardings)
+    model, cfg, source = hf_io.load_hf(
+      path, dtype=dtype, param_dtype=param_dtype, remat=remat, attention=attention, shardings=shardings
+    )
     config_dir = source
   tokenizer = tok.load_tokenizer(source) if with_tokenizer else None
   stops = tok.stop_ids(tokenizer, config_dir) if tokenizer is not None else [int(i) for i in _eos_from_config(cfg)]

@@ -4,11 +4,24 @@ The parameter shapes come from `jax.eval_shape` over the model; each parameter's
 logical-axis rules and `mesh.variable_sharding` the trainer uses, over an AbstractMesh, so a plan for 256
 chips runs on a laptop. Optimizer state is AdamW's two moments (float32-shaped like the parameters).
 
-Activation figure (an estimate, not a measurement), per device, for one update micro-batch of r rows x T
-tokens (T = max_prompt_tokens + max_new_tokens), compute dtype c bytes, L layers, hidden D, MLP F, heads H:
+Activation figure (an estimate, not a measurement), per device, for one update micro-batch of r rows x T tokens,
+compute dtype c bytes, L layers, hidden D, MLP F, heads H, vocabulary V, t = their tensor-parallel split:
+  rows: without packing, r = micro_batch_size rows of T = max_prompt_tokens + max_new_tokens tokens; with packing,
+    r = max(1, micro_batch_tokens // pack_length) rows of T = pack_length tokens (every row assumed full length;
+    the packer may bucket a batch of short rows lower). Per device: r over the batch axes (b ways), rounded up
+    without packing; with packing the packer rounds the rows down to a multiple of b, at least b
+    (`packing.micro_batch_rows` with row_multiple = the data-parallel size), so max(1, r // b) rows.
   with remat: L*r*T*D*c (each layer's saved input) + one layer recomputed: r*T*(10*D + 3*F/t)*c
-              + the float32 attention scores r*(H/t)*T*T*4 + a 64-token vocabulary chunk r*64*(V/t)*4*3
-  without remat: every layer keeps its working set: L times the one-layer figure.
+              + the attention term A below + a 64-token vocabulary chunk r*64*(V/t)*4*3
+  without remat: every layer keeps its working set: L times the one-layer figure (A included).
+Attention term A, by `model.attention`:
+  xla: float32 scores of one 256-query block against every key, r*(H/t)*min(256, T)*T*4 (the blocks run under
+    jax.checkpoint, see `attend_masked` in model/attention.py), plus the boolean [r, T, T] mask it builds, r*T*T.
+  chunked: one 512 x 512 block of float32 scores at a time (query blocks x key blocks) plus the float32 softmax
+    statistics kept for the backward, r*(H/t)*min(512, T)**2*4 + r*(H/t)*T*4.
+  splash, cudnn (fused flash kernels): score tiles live in on-chip memory; HBM holds the float32 softmax
+    statistics only (log-sum-exp per query and head), r*(H/t)*T*4.
+  auto: on an accelerator (what the planner models) the fused kernel, splash on TPU, cudnn on GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh
 
+from opid_jax.errors import UserError
+from opid_jax.model.attention import IMPLEMENTATIONS, QUERY_BLOCK
 from opid_jax.model.config import ModelConfig
 from opid_jax.model.decoder import abstract_model
 from opid_jax.parallel import mesh as mesh_lib
@@ -31,6 +46,10 @@ GIB = 1024**3
 DEVICES = {"v5e": 16 * GIB, "v4": 32 * GIB, "v5p": 95 * GIB, "h100": 80 * GIB, "h200": 141 * 10**9}
 USABLE = 0.9
 LOGIT_CHUNK = 64
+TPU_DEVICES = ("v5e", "v4", "v5p")
+ATTENTION = IMPLEMENTATIONS
+FUSED_ATTENTION = ("cudnn", "splash")
+KEY_BLOCK = 512  # queries and keys per block of the chunked attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +61,36 @@ class Workload:
   micro_batch: int  # update rows per forward/backward pass (global)
   with_reference: bool
   remat: bool
+  packing: bool = False  # update micro-batches are packed rows (train.packing)
+  pack_length: int = 0  # tokens per packed row (train.pack_length)
+  micro_batch_tokens: int = 0  # tokens per update micro-batch when packing (ppo.micro_batch_tokens)
+  attention: str = "xla"  # model.attention
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION:
+      raise UserError(f"model.attention={self.attention!r} is not one of {', '.join(ATTENTION)}")
+    if self.packing and (self.pack_length <= 0 or self.micro_batch_tokens <= 0):
+      raise UserError(
+        f"packing needs train.pack_length > 0 and ppo.micro_batch_tokens > 0; got {self.pack_length}, "
+        f"{self.micro_batch_tokens}"
+      )
+
+  @property
+  def update_rows(self) -> int:
+    """Rows of one update micro-batch (global)."""
+    return max(1, self.micro_batch_tokens // self.pack_length) if self.packing else self.micro_batch
+
+  @property
+  def update_length(self) -> int:
+    """Tokens per row of an update micro-batch."""
+    return self.pack_length if self.packing else self.max_length
+
+
+def planned_attention(attention: str, device: str) -> str:
+  """The attention implementation the planner counts: `auto` is the fused kernel of the device's platform."""
+  if attention != "auto":
+    return attention
+  return "splash" if device in TPU_DEVICES else "cudnn"
 
 
 @dataclasses.dataclass
@@ -108,13 +157,28 @@ def kv_cache_bytes(cfg: ModelConfig, work: Workload, mesh: AbstractMesh, rules) 
   return 2 * cfg.num_layers * rows * work.max_length * heads * cfg.head_dim * np.dtype(cfg.dtype).itemsize
 
 
+def attention_bytes(attention: str, rows: int, heads: int, t: int) -> int:
+  """Transient attention memory of one layer for `rows` rows of `t` tokens and `heads` query heads (per device)."""
+  if attention == "xla":
+    return rows * heads * min(QUERY_BLOCK, t) * t * 4 + rows * t * t  # score block, boolean mask
+  if attention == "chunked":
+    return rows * heads * min(KEY_BLOCK, t) ** 2 * 4 + rows * heads * t * 4
+  if attention in FUSED_ATTENTION or attention == "auto":
+    return rows * heads * t * 4  # softmax statistics; the score tiles never reach HBM
+  raise ValueError(f"attention={attention!r} is not one of {', '.join(ATTENTION)}")
+
+
 def activation_bytes(cfg: ModelConfig, work: Workload, mesh: AbstractMesh, rules) -> int:
-  rows = -(-work.micro_batch // _shards(mesh, mesh_lib.batch_axes(rules)))
-  t, c = work.max_length, np.dtype(cfg.dtype).itemsize
+  batch_shards = _shards(mesh, mesh_lib.batch_axes(rules))
+  if work.packing:
+    rows = max(1, work.update_rows // batch_shards)
+  else:
+    rows = -(-work.micro_batch // batch_shards)
+  t, c = work.update_length, np.dtype(cfg.dtype).itemsize
   heads = cfg.num_heads // _tensor_split(cfg.num_heads, mesh, rules, "q_heads")
   mlp = cfg.intermediate_size // _tensor_split(cfg.intermediate_size, mesh, rules, "mlp")
   vocab = cfg.vocab_size // _tensor_split(cfg.vocab_size, mesh, rules, "vocab")
-  one_layer = rows * t * (10 * cfg.hidden_size + 3 * mlp) * c + rows * heads * t * t * 4
+  one_layer = rows * t * (10 * cfg.hidden_size + 3 * mlp) * c + attention_bytes(work.attention, rows, heads, t)
   logits = rows * LOGIT_CHUNK * vocab * 4 * 3
   if work.remat:
     return cfg.num_layers * rows * t * cfg.hidden_size * c + one_layer + logits
@@ -151,6 +215,8 @@ def suggest(
   """The first mesh (in `candidate_meshes` order) that fits with the largest micro-batch that still fits.
 
   Micro-batches are multiples of the data-parallel size that divide the mini-batch; None when nothing fits.
+  With packing the micro-batch is `work.micro_batch_tokens` whatever the micro-batch size: only the mesh is
+  searched, and the micro-batch size returned is the workload's.
   """
   params = abstract_params(cfg)
   budget = int(device_bytes * USABLE)
@@ -159,7 +225,8 @@ def suggest(
     if work.rollout_batch % dp or mini_batch % dp:
       continue
     fits = []
-    for micro in (m for m in range(dp, mini_batch + 1, dp) if mini_batch % m == 0):
+    micros = [m for m in range(dp, mini_batch + 1, dp) if mini_batch % m == 0]
+    for micro in [work.micro_batch] if work.packing else micros:
       candidate = plan(cfg, dataclasses.replace(work, micro_batch=micro), sizes, rules, params)
       if candidate.total <= budget:
         fits.append((candidate, micro))

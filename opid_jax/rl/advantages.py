@@ -53,12 +53,13 @@ def group_advantages(
   return adv
 
 
-def skill_advantages(logp_skill: Sequence[np.ndarray | None], logp_old: Sequence[np.ndarray]) -> list[np.ndarray]:
-  """Per-token A_skill = logp_skill - logp_old (detached, unnormalised); zeros where a step has no skill."""
+def skill_advantages(teacher_logps: Sequence[Sequence[np.ndarray]], logp_old: Sequence[np.ndarray]) -> list[np.ndarray]:
+  """Per-token A_skill = sum over the step's teacher prompts of (logp_teacher - logp_old) (detached,
+  unnormalised): one teacher normally, two under `additive` routing; zeros where a step has none."""
   out = []
-  for skill, old in zip(logp_skill, logp_old):
+  for teachers, old in zip(teacher_logps, logp_old):
     old = np.asarray(old, np.float64)
-    out.append(np.zeros_like(old) if skill is None else np.asarray(skill, np.float64) - old)
+    out.append(sum((np.asarray(t, np.float64) - old for t in teachers), np.zeros_like(old)))
   return out
 
 

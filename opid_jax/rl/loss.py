@@ -41,9 +41,11 @@ def ppo_loss(
   kl_clamp: float = 10.0,
   entropy=None,
   entropy_coef: float = 0.0,
+  pg_weight: float = 1.0,
 ):
   """Returns (loss, metric sums). All token arrays are [batch, length]; `token_count` is the number of valid
-  tokens in the whole mini-batch. Metric sums are divided by the same count (so they accumulate too)."""
+  tokens in the whole mini-batch. Metric sums are divided by the same count (so they accumulate too).
+  `pg_weight` scales the policy-gradient term alone (0: a distillation-only objective keeps the KL and entropy)."""
   mask = mask.astype(jnp.float32)
   denom = jnp.maximum(token_count, 1.0)
   log_ratio = logp - old_logp
@@ -53,7 +55,7 @@ def ppo_loss(
   pg = jnp.maximum(unclipped, clipped)
   if dual_clip > 0:
     pg = jnp.where(advantages < 0, jnp.minimum(pg, -advantages * dual_clip), pg)
-  loss_tokens = pg
+  loss_tokens = pg_weight * pg if pg_weight != 1.0 else pg
   metrics = {
     "ppo/pg_loss": jnp.sum(pg * mask) / denom,
     "ppo/clip_frac": jnp.sum((clipped > unclipped) * mask) / denom,

@@ -1,6 +1,7 @@
-"""One optimizer step from one mini-batch of step samples: pad, shard over the mesh's batch axes, update.
+"""One optimizer step from one mini-batch of step samples: pack (or pad), shard over the mesh's batch axes, update.
 
-With `bucketed` each micro-batch (samples sorted by length) is padded to its own length bucket: less padding, one
+With `pack_length` the samples are packed into rows (batching/packing.py), `micro_batch_tokens` per micro-batch,
+one jitted gradient call per micro-batch shape. Otherwise, with `bucketed` each micro-batch (samples sorted by length) is padded to its own length bucket: less padding, one
 compilation per bucket pair. Otherwise the mini-batch is one [num_micro, micro, ...] array run by a single jitted
 scan (one shape per step; the fewest dispatches). Both give the same step (see tests/test_loss_update.py).
 """
@@ -23,6 +24,8 @@ class BatchLayout:
   prompt_buckets: Sequence[int]
   response_buckets: Sequence[int]
   bucketed: bool = True
+  pack_length: int = 0  # > 0: packed rows of this many tokens
+  micro_batch_tokens: int = 0
 
 
 def _shard(arrays: dict, layout: BatchLayout, batch_dim: int) -> dict:
@@ -50,9 +53,33 @@ def optimizer_step(
     prompt_buckets=layout.prompt_buckets,
     response_buckets=layout.response_buckets,
     with_ref=with_ref,
+    with_teacher=bool(cfg.distill),
   )
+  if layout.pack_length:
+    micros, pad_share = batch_lib.packed_micro_batches(
+      part,
+      pack_length=layout.pack_length,
+      micro_batch_tokens=layout.micro_batch_tokens,
+      pad_id=layout.pad_id,
+      with_ref=with_ref,
+      with_teacher=bool(cfg.distill),
+      row_multiple=mesh_lib.data_parallel_size(layout.mesh, layout.rules),
+      target_multiple=min(cfg.chunk_size, 64),
+    )
+    state, metrics = update.train_step_micro_batches(
+      state, [_shard(m, layout, 0) for m in micros], graphdef=graphdef, tx=tx, cfg=cfg
+    )
+    metrics["perf/pad_share_update"] = pad_share
+    return state, metrics
+  real = sum(len(s.prompt_ids) + len(s.response_ids) for s in part)
   if layout.bucketed:
-    micros = [_shard(m, layout, 0) for m in batch_lib.length_sorted_micro_batches(part, **kwargs)]
-    return update.train_step_micro_batches(state, micros, graphdef=graphdef, tx=tx, cfg=cfg)
-  stacked = _shard(batch_lib.stacked_micro_batches(part, **kwargs), layout, 1)
-  return update.train_step(state, stacked, graphdef=graphdef, tx=tx, cfg=cfg)
+    micros = batch_lib.length_sorted_micro_batches(part, **kwargs)
+    processed = sum(m["prompt_ids"].size + m["response_ids"].size for m in micros)
+    micros = [_shard(m, layout, 0) for m in micros]
+    state, metrics = update.train_step_micro_batches(state, micros, graphdef=graphdef, tx=tx, cfg=cfg)
+  else:
+    stacked = batch_lib.stacked_micro_batches(part, **kwargs)
+    processed = stacked["prompt_ids"].size + stacked["response_ids"].size
+    state, metrics = update.train_step(state, _shard(stacked, layout, 1), graphdef=graphdef, tx=tx, cfg=cfg)
+  metrics["perf/pad_share_update"] = 1.0 - real / processed
+  return state, metrics

@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from opid_jax.rl import algorithms
 from opid_jax.rl.loss import nll_loss, ppo_loss
-from opid_jax.rl.scoring import token_logprobs
+from opid_jax.rl.scoring import micro_batch_logprobs
 
 
 class TrainState(NamedTuple):
@@ -34,6 +35,10 @@ class LossConfig:
   chunk_size: int = 64
   with_entropy: bool = True
   objective: str = "ppo"  # ppo | nll (behaviour cloning on the response tokens; the PPO fields are unused)
+  pg_weight: float = 1.0  # the clipped policy-gradient term's weight (0: OPSD, distillation only)
+  distill: str = ""  # "" | "sdar" | "skill_sd": an extra term on the teacher log-probs of the micro-batch
+  distill_coef: float = 0.0
+  gate_beta: float = 5.0  # sdar's gate sharpness (0: a constant gate of 0.5)
 
 
 def learning_rate_schedule(lr: float, warmup_steps: int, schedule: str, total_steps: int):
@@ -101,15 +106,9 @@ def init_train_state(params, tx: optax.GradientTransformation) -> TrainState:
 
 def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
   model = nnx.merge(graphdef, params)
-  logp, entropy = token_logprobs(
-    model,
-    micro["prompt_ids"],
-    micro["prompt_mask"],
-    micro["response_ids"],
-    micro["response_mask"],
-    temperature=cfg.temperature,
-    chunk_size=cfg.chunk_size,
-    with_entropy=cfg.with_entropy or cfg.entropy_coef > 0,
+  chunk = min(cfg.chunk_size, micro["response_ids"].shape[-1])
+  logp, entropy = micro_batch_logprobs(
+    model, micro, temperature=cfg.temperature, chunk_size=chunk, with_entropy=cfg.with_entropy or cfg.entropy_coef > 0
   )
   entropy = jax.lax.stop_gradient(entropy) if cfg.entropy_coef == 0 else entropy
   if cfg.objective == "nll":
@@ -118,7 +117,7 @@ def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
       mask = micro["response_mask"].astype(jnp.float32)
       metrics["ppo/entropy"] = jnp.sum(entropy * mask) / jnp.maximum(token_count, 1.0)
     return loss, metrics
-  return ppo_loss(
+  loss, metrics = ppo_loss(
     logp,
     micro["old_logp"],
     micro["advantages"],
@@ -133,7 +132,25 @@ def micro_batch_loss(params, graphdef, micro, token_count, cfg: LossConfig):
     kl_clamp=cfg.kl_clamp,
     entropy=entropy if cfg.with_entropy or cfg.entropy_coef > 0 else None,
     entropy_coef=cfg.entropy_coef,
+    pg_weight=cfg.pg_weight,
   )
+  if cfg.distill:
+    extra, extra_metrics = _distill_term(logp, micro, token_count, cfg)
+    loss = loss + cfg.distill_coef * extra
+    metrics = {**metrics, **extra_metrics, "ppo/loss": loss}
+  return loss, metrics
+
+
+def _distill_term(logp, micro, token_count, cfg: LossConfig):
+  """SDAR's gated distillation or Skill-SD's importance-weighted reverse KL, on the tokens that have a teacher.
+  The teacher log-probs are the scoring pass's (constants, as the reference implementations use them)."""
+  mask = micro["response_mask"].astype(jnp.float32) * micro["teacher_mask"]
+  teacher = micro["teacher_logp"]
+  if cfg.distill == "sdar":
+    return algorithms.sdar_loss(teacher, logp, mask, token_count, beta=cfg.gate_beta)
+  if cfg.distill == "skill_sd":
+    return algorithms.skill_sd_loss(logp, teacher, micro["old_logp"], mask, token_count)
+  raise ValueError(f"unknown distill term {cfg.distill!r}")
 
 
 def accumulate_gradients(params, graphdef, batch, cfg: LossConfig):

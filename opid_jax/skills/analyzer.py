@@ -1,8 +1,10 @@
 """The LLM analyzer's side of OPID step 2: request text, lenient reply parsing, the repair loop.
 
-One request per finished trajectory. The reply must be a JSON object with `episode_summary`,
-`episode_skill` and `step_skills`; an unreadable reply gets a repair request (at most
-`max_parse_retries` of them). Transport (HTTP, a local sampler) lives in the backends.
+One request per finished trajectory, as the official OPID analyzer sends it: a single user message (no system
+message) that asks for skills on at most min(max_step_skills, T) critical steps, indexed from 0. The reply must be
+a JSON object with `episode_summary`, `episode_skill` and `step_skills`; a reply that cannot be read or whose
+episode skill is empty is unusable and gets a repair request, within `max_parse_attempts` requests in all (2, as
+the official analyzer). Transport (HTTP, a local sampler) and the completion-token cap live in the backends.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
   "ChatMany",
   "discounted_returns",
   "skip_reason",
+  "requested_step_skills",
   "build_analysis_messages",
   "build_repair_messages",
   "parse_skill_set",
@@ -42,9 +45,16 @@ MAX_STEP_SKILLS = {"alfworld": 5, "webshop": 5, "search": 2}
 @dataclasses.dataclass(frozen=True)
 class AnalysisSpec:
   gamma: float = 0.95
-  max_step_skills: int = 5
-  max_parse_retries: int = 2
+  max_step_skills: int = 5  # the request asks for at most min(max_step_skills, T) step skills
+  max_parse_attempts: int = 2  # requests per trajectory, the first one included (then repairs)
   max_observation_chars: int | None = None  # None keeps observations whole
+  max_completion_tokens: int | None = 4096  # the reply's token cap sent with each request (None: the server's)
+
+  def __post_init__(self):
+    if self.max_parse_attempts < 1:
+      raise ValueError(f"max_parse_attempts must be at least 1, not {self.max_parse_attempts}")
+    if self.max_completion_tokens is not None and self.max_completion_tokens < 1:
+      raise ValueError(f"max_completion_tokens must be at least 1 or None, not {self.max_completion_tokens}")
 
 
 class SkillParseError(ValueError):
@@ -70,7 +80,7 @@ def skip_reason(trajectory: Trajectory) -> str:
   return ""
 
 
-_SYSTEM_PROMPT = (
+_INTRO = (
   "You study one finished episode of a language-model agent and distill it into skills: short, "
   "reusable guidance that would help the same agent act better on this kind of task. "
   "Answer with one JSON object and nothing else."
@@ -104,22 +114,35 @@ def _outcome_line(trajectory: Trajectory) -> str:
   return f"{verdict} Episode return: {trajectory.episode_return:g}. Steps taken: {trajectory.length}."
 
 
+def requested_step_skills(trajectory: Trajectory, spec: AnalysisSpec) -> int:
+  """How many step skills the request asks for at most: min(max_step_skills, T)."""
+  return max(0, min(spec.max_step_skills, trajectory.length))
+
+
 def _instructions(trajectory: Trajectory, spec: AnalysisSpec) -> str:
   last = trajectory.length - 1
+  count = requested_step_skills(trajectory, spec)
   if trajectory.won:
     episode_skill = "the workflow that worked, as ordered steps the agent can reuse on similar tasks"
   else:
     episode_skill = "the key mistake to avoid on similar tasks, and what to do instead"
+  if count:
+    step_skills = (
+      f'- "step_skills": guidance for at most {count} critical step(s), as an object mapping a 0-based step '
+      f'index (a key from "0" to "{last}"; step 0 is the first step) to one short imperative sentence telling '
+      "the agent what to do at that step: advice it can act on then, not an account of what happened. "
+      "Pick only the critical steps: the decisions that won or lost the episode, wasted steps, repeated "
+      "or invalid actions. The keys you write are the steps you pick; use {} when no step stands out."
+    )
+  else:
+    step_skills = '- "step_skills": {} (no step guidance is asked for this episode).'
   return "\n".join(
     [
       "## Your answer",
-      "Return one JSON object with exactly these keys:",
+      "Return one JSON object with exactly these three keys:",
       '- "episode_summary": two or three sentences on what happened.',
-      f'- "episode_skill": one string: {episode_skill}.',
-      '- "step_skills": an object mapping a 0-based step index (a key from "0" to '
-      f'"{last}") to one short imperative sentence telling the agent what to do at that step. '
-      "Pick only the critical steps: the decisions that won or lost the episode, wasted steps, repeated "
-      f"or invalid actions. At most {spec.max_step_skills} entries; use {{}} when no step stands out.",
+      f'- "episode_skill": one string, never empty: {episode_skill}.',
+      step_skills,
       'Example shape: {"episode_summary": "...", "episode_skill": "...", '
       f'"step_skills": {{"{min(1, last)}": "..."}}}}',
     ]
@@ -127,38 +150,43 @@ def _instructions(trajectory: Trajectory, spec: AnalysisSpec) -> str:
 
 
 def build_analysis_messages(trajectory: Trajectory, spec: AnalysisSpec) -> list[Message]:
-  """The analyzer request for one finished trajectory (a system and a user message)."""
+  """The analyzer request for one finished trajectory: one user message, no system message (as the official one)."""
   returns = discounted_returns([step.reward for step in trajectory.steps], spec.gamma)
   steps = [_format_step(step, g, spec) for step, g in zip(trajectory.steps, returns)]
   user = "\n\n".join(
     [
+      _INTRO,
       f"## Task\n{trajectory.task}",
       f"## Outcome\n{_outcome_line(trajectory)}",
-      "## Steps\nEach step shows the observation the agent saw, its full response, the action the "
-      f"environment received, and the discounted return G_t from that step on (gamma = {spec.gamma}).",
+      "## Steps\nSteps are numbered from 0. Each step shows the observation the agent saw, its full response, "
+      "the action the environment received, and the discounted return G_t from that step on "
+      f"(gamma = {spec.gamma}).",
       *steps,
       _instructions(trajectory, spec),
     ]
   )
-  return [{"role": "system", "content": _SYSTEM_PROMPT}, {"role": "user", "content": user}]
+  return [{"role": "user", "content": user}]
 
 
 _MAX_ECHOED_REPLY_CHARS = 8000
 
 
 def build_repair_messages(messages: list[Message], bad_reply: str, problem: str) -> list[Message]:
-  """The conversation so far, the unusable reply, and a request to answer again."""
-  return [
-    *messages,
-    {"role": "assistant", "content": _clip(bad_reply, _MAX_ECHOED_REPLY_CHARS)},
-    {
-      "role": "user",
-      "content": (
-        f"That answer could not be used ({problem}). Reply again with only one JSON object with the "
-        'keys "episode_summary", "episode_skill" and "step_skills" as described above, no other text.'
-      ),
-    },
-  ]
+  """A fresh request after an unusable reply: one user message holding the first request's text, what was
+  wrong, the unusable reply and the ask to answer again (the official analyzer's retry has this shape)."""
+  request = next((m["content"] for m in messages if m["role"] == "user"), "")
+  repair = "\n".join(
+    [
+      "## Your previous answer could not be used",
+      f"Problem: {problem}.",
+      "Previous answer:",
+      _clip(bad_reply, _MAX_ECHOED_REPLY_CHARS),
+      "",
+      'Reply again with only one JSON object with the keys "episode_summary", "episode_skill" (not empty) and '
+      '"step_skills" as described above, no other text.',
+    ]
+  )
+  return [{"role": "user", "content": f"{request}\n\n{repair}"}]
 
 
 # "3", "step 3", "Step_3", "t=3", "step #3:"; a bare "-1" is not a step.
@@ -224,33 +252,39 @@ def parse_skill_set(reply: str, num_steps: int, max_step_skills: int) -> SkillSe
   )
 
 
-def _result_from_skills(traj_id: int, skills: SkillSet, reply: str, stats: AnalyzerStats) -> AnalysisResult:
+def _usable_skills(reply: str, trajectory: Trajectory, spec: AnalysisSpec, stats: AnalyzerStats) -> SkillSet:
+  """The reply's skills; SkillParseError when it cannot be read or its episode skill is empty."""
+  skills = parse_skill_set(reply, trajectory.length, spec.max_step_skills)
   if not skills.episode_skill:
     stats.add("empty_skills")
-    return AnalysisResult(traj_id, None, "empty episode_skill", reply)
-  stats.add("with_skill")
-  return AnalysisResult(traj_id, skills, "", reply)
+    raise SkillParseError('the "episode_skill" is empty')
+  return skills
 
 
 def analyze_batch(
   trajectories: Sequence[Trajectory], chat_many: ChatMany, spec: AnalysisSpec, stats: AnalyzerStats
 ) -> list[AnalysisResult]:
-  """Analyzes trajectories in rounds: first requests, then repairs of the unreadable replies.
+  """Analyzes trajectories in rounds: first requests, then repairs of the unusable replies.
 
-  Results come back in input order; every failure is a result with `skills=None`, never an exception.
+  A reply is unusable when no answer can be read from it or its episode skill is empty; after
+  `spec.max_parse_attempts` unusable replies the trajectory gets no skill. Results come back in input
+  order; every failure is a result with `skills=None`, never an exception. Counters: `parse_failures`
+  counts unusable replies (`empty_skills` those with an empty episode skill among them), `final_failures`
+  the trajectories left without skill, so trajectories = skipped + with_skill + final_failures.
   """
   stats.add("trajectories", len(trajectories))
   results: list[AnalysisResult | None] = [None] * len(trajectories)
-  pending: dict[int, list[Message]] = {}
+  requests: dict[int, list[Message]] = {}
   for i, trajectory in enumerate(trajectories):
     reason = skip_reason(trajectory)
     if reason:
       stats.add("skipped")
       results[i] = AnalysisResult(trajectory.traj_id, None, reason)
     else:
-      pending[i] = build_analysis_messages(trajectory, spec)
+      requests[i] = build_analysis_messages(trajectory, spec)
 
-  for attempt in range(spec.max_parse_retries + 1):
+  pending = dict(requests)
+  for attempt in range(1, spec.max_parse_attempts + 1):
     if not pending:
       break
     order = list(pending)
@@ -263,18 +297,17 @@ def analyze_batch(
         results[i] = AnalysisResult(trajectory.traj_id, None, f"analyzer call failed: {reply}")
         continue
       try:
-        skills = parse_skill_set(reply, trajectory.length, spec.max_step_skills)
+        skills = _usable_skills(reply, trajectory, spec, stats)
       except SkillParseError as err:
         stats.add("parse_failures")
-        if attempt < spec.max_parse_retries:
+        if attempt < spec.max_parse_attempts:
           stats.add("repairs")
-          next_round[i] = build_repair_messages(pending[i], reply, str(err))
+          next_round[i] = build_repair_messages(requests[i], reply, str(err))
         else:
           stats.add("final_failures")
-          results[i] = AnalysisResult(
-            trajectory.traj_id, None, f"unreadable reply after {attempt + 1} tries: {err}", reply
-          )
+          results[i] = AnalysisResult(trajectory.traj_id, None, f"no usable reply after {attempt} tries: {err}", reply)
         continue
-      results[i] = _result_from_skills(trajectory.traj_id, skills, reply, stats)
+      stats.add("with_skill")
+      results[i] = AnalysisResult(trajectory.traj_id, skills, "", reply)
     pending = next_round
   return results  # type: ignore[return-value]

@@ -1,7 +1,8 @@
 """Analyzer backends by name: `make_backend("openai" | "local" | "expert" | "none", **kwargs)`.
 
-Every backend takes the analysis settings (gamma, max_step_skills, max_parse_retries,
-max_observation_chars) plus its own keyword arguments; unknown keywords are an error.
+Every backend takes the analysis settings (the `AnalysisSpec` fields: gamma, max_step_skills,
+max_parse_attempts, max_observation_chars, max_completion_tokens) plus its own keyword arguments;
+unknown keywords are an error.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class LocalBackend(AnalyzerBackend):
   """An LLM analyzer with no server: `chat_fn` answers a batch of conversations at once.
 
   Each round (first requests, then repairs) is one `chat_fn` call, run on one background thread.
+  `spec.max_completion_tokens` does not reach `chat_fn`: its own sampler settings cap the reply length
+  (`opid_jax.generation.chat.make_chat_fn(max_new_tokens=...)`).
   """
 
   name = "local"

@@ -24,6 +24,10 @@ from opid_jax.skills.records import AnalysisResult, AnalyzerStats
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+# The request-body field that carries the reply's token cap. OpenAI-style servers (vLLM, our own
+# `opid_jax.generation.server`) read `max_tokens`; OpenAI deprecated it for `max_completion_tokens`, the only
+# one its reasoning models accept.
+TOKEN_CAP_FIELDS = ("max_tokens", "max_completion_tokens")
 _SNIPPET_CHARS = 300
 
 
@@ -69,8 +73,11 @@ class ChatCompletionsClient:
     json_mode: bool = False,
     temperature: float | None = None,
     max_tokens: int | None = None,
+    token_cap_field: str = "max_tokens",
     max_connections: int = 16,
   ):
+    if token_cap_field not in TOKEN_CAP_FIELDS:
+      raise ValueError(f"token_cap_field must be one of {TOKEN_CAP_FIELDS}, not {token_cap_field!r}")
     if api_key_env is not None and not os.environ.get(api_key_env):
       raise ValueError(f"environment variable {api_key_env} (the analyzer API key) is not set")
     self.url = base_url.rstrip("/") + "/chat/completions"
@@ -83,6 +90,7 @@ class ChatCompletionsClient:
     self.json_mode = json_mode
     self.temperature = temperature
     self.max_tokens = max_tokens
+    self.token_cap_field = token_cap_field
     self._http = httpx.Client(
       timeout=httpx.Timeout(timeout_s),
       limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -106,7 +114,7 @@ class ChatCompletionsClient:
     if self.temperature is not None:
       body["temperature"] = self.temperature
     if self.max_tokens is not None:
-      body["max_tokens"] = self.max_tokens
+      body[self.token_cap_field] = self.max_tokens
     if self.json_mode:
       body["response_format"] = {"type": "json_object"}
     return body
@@ -155,7 +163,12 @@ class ChatCompletionsClient:
 
 
 class OpenAIBackend(AnalyzerBackend):
-  """LLM analyzer behind an OpenAI-compatible endpoint; one thread per trajectory, `concurrency` at once."""
+  """LLM analyzer behind an OpenAI-compatible endpoint; one thread per trajectory, `concurrency` at once.
+
+  Every request carries the reply cap `spec.max_completion_tokens` (None: none sent) in the body field
+  `token_cap_field`: `max_tokens` by default, the most widely read; `max_completion_tokens` for servers that
+  want that one (OpenAI's reasoning models).
+  """
 
   name = "openai"
 
@@ -173,7 +186,7 @@ class OpenAIBackend(AnalyzerBackend):
     backoff_max_s: float = 30.0,
     json_mode: bool = False,
     temperature: float | None = None,
-    max_tokens: int | None = None,
+    token_cap_field: str = "max_tokens",
   ):
     super().__init__(spec)
     self.client = ChatCompletionsClient(
@@ -186,7 +199,8 @@ class OpenAIBackend(AnalyzerBackend):
       backoff_max_s=backoff_max_s,
       json_mode=json_mode,
       temperature=temperature,
-      max_tokens=max_tokens,
+      max_tokens=spec.max_completion_tokens,
+      token_cap_field=token_cap_field,
       max_connections=concurrency,
     )
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="opid-analyzer")

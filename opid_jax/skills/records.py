@@ -47,9 +47,11 @@ class AnalyzerStats:
   """Counts for one batch of trajectories (one training iteration). Thread-safe increments.
 
   calls: requests sent to the model, API retries included; retries: API re-sends after 429/5xx/timeouts;
-  repairs: repair requests after an unreadable reply; parse_failures: unreadable replies;
-  final_failures: trajectories left without skill by a failure; empty_skills: answered with an empty
-  episode skill; skipped: never sent (no steps, or ended by a fault); seconds: wall time of the batch.
+  repairs: repair requests after an unusable reply; parse_failures: unusable replies (unreadable, or an
+  empty episode skill); empty_skills: the replies among those whose episode skill was empty;
+  final_failures: trajectories left without skill by a failure (API, or every attempt unusable);
+  skipped: never sent (no steps, or ended by a fault); seconds: wall time of the batch.
+  trajectories = skipped + with_skill + final_failures.
   """
 
   trajectories: int = 0

@@ -1,7 +1,8 @@
 """OPID steps 3-4: which skill each step gets, and the skill-augmented prompt text (pure functions).
 
 Routing modes: critical_first (the step skill where the analyzer gave one, else the episode skill),
-episode_only, step_only (no fallback), superimpose (both), none. A trajectory without a usable
+episode_only, step_only (no fallback), superimpose (both in one prompt), additive (the episode skill and the step
+skill in two separate teacher prompts, whose log-prob gains are summed), none. A trajectory without a usable
 SkillSet (analysis failed, or an empty episode skill) gets no skill at any step.
 """
 
@@ -12,7 +13,7 @@ import dataclasses
 from opid_jax.agent.prompts import EPISODE_ANCHORS, TURN_ANCHOR as STEP_ANCHOR
 from opid_jax.skills.records import SkillSet
 
-ROUTING_MODES = ("critical_first", "episode_only", "step_only", "superimpose", "none")
+ROUTING_MODES = ("critical_first", "episode_only", "step_only", "superimpose", "additive", "none")
 
 EPISODE_HEADER = "**Episode skill (hindsight from a finished attempt at this task)**"
 EPISODE_USAGE = "Let this lesson guide the whole episode, including the action you choose now:"
@@ -47,7 +48,7 @@ def route_step(skills: SkillSet | None, step_index: int, mode: str) -> RoutedSki
     return RoutedSkill(skills.episode_skill)
   if mode == "step_only":
     return RoutedSkill(step_skill=step_skill)
-  return RoutedSkill(skills.episode_skill, step_skill)  # superimpose
+  return RoutedSkill(skills.episode_skill, step_skill)  # superimpose, additive
 
 
 def route_trajectory(skills: SkillSet | None, num_steps: int, mode: str) -> list[RoutedSkill]:
@@ -103,7 +104,11 @@ def inject_skill(prompt_text: str, routed: RoutedSkill) -> str:
   return "\n".join(lines)
 
 
-def augmented_prompts(prompt_texts: list[str], skills: SkillSet | None, mode: str) -> list[str | None]:
-  """Per step of one trajectory: the augmented prompt text, or None where the step gets no skill."""
+def teacher_prompts(prompt_texts: list[str], skills: SkillSet | None, mode: str) -> list[list[str]]:
+  """Per step of one trajectory: the teacher prompt texts whose log-prob gains make its skill advantage (empty: no
+  skill). One prompt per step, except under `additive`: one with the episode skill, one with the step skill."""
   routed = route_trajectory(skills, len(prompt_texts), mode)
-  return [inject_skill(text, r) if r.has_skill else None for text, r in zip(prompt_texts, routed)]
+  if mode != "additive":
+    return [[inject_skill(text, r)] if r.has_skill else [] for text, r in zip(prompt_texts, routed)]
+  parts = [[RoutedSkill(r.episode_skill), RoutedSkill(step_skill=r.step_skill)] for r in routed]
+  return [[inject_skill(text, p) for p in pair if p.has_skill] for text, pair in zip(prompt_texts, parts)]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from opid_jax.agent.rollout import RESPONSE_FORMATS
+from opid_jax.batching import packing
 from opid_jax.errors import UserError
+from opid_jax.model import attention
 from opid_jax.rl.advantages import ADV_NORMS, GROUP_STATS
 from opid_jax.rl.loss import KL_ESTIMATORS
 from opid_jax.skills.backends import BACKENDS as ANALYZER_BACKENDS
 from opid_jax.skills.routing import ROUTING_MODES
+from opid_jax.training import algo_rows
 
 DTYPES = ("float32", "bfloat16")
 ENV_NAMES = ("alfworld", "search_qa", "webshop", "counting")
@@ -62,6 +65,8 @@ def validate(c) -> None:
   _one_of("model.param_dtype", c.model.param_dtype, DTYPES)
   if not c.model.path:
     raise UserError("model.path is empty: give an HF folder, a hub id, or a .gguf file")
+  _one_of("model.attention", c.model.attention, attention.IMPLEMENTATIONS)
+  _one_of("model.score_dtype", c.model.score_dtype, ("",) + DTYPES)
   _validate_rollout(c.rollout)
   _one_of("env.name", c.env.name, ENV_NAMES)
   _at_least("env.num_workers", c.env.num_workers, 1)
@@ -71,6 +76,7 @@ def validate(c) -> None:
   _validate_ppo(c.ppo)
   validate_optim(c.optim)
   _validate_train(c)
+  algo_rows.validate(c)
 
 
 def _validate_rollout(r) -> None:
@@ -151,6 +157,7 @@ def _validate_train(c) -> None:
   _at_least("train.eval_tasks", c.train.eval_tasks, 0)
   _at_least("train.eval_envs", c.train.eval_envs, 0)
   _at_least("train.score_micro_batch", c.train.score_micro_batch, 1)
+  _validate_packing(c)
   _at_least("checkpoint.keep", c.checkpoint.keep, 1)
   _at_least("checkpoint.save_every", c.checkpoint.save_every, 1)
   if max(c.train.prompt_buckets) < r.max_prompt_tokens:
@@ -162,6 +169,18 @@ def _validate_train(c) -> None:
     raise UserError(
       f"train.response_buckets (largest {max(c.train.response_buckets)}) must reach "
       f"rollout.max_new_tokens={r.max_new_tokens}"
+    )
+
+
+def _validate_packing(c) -> None:
+  _at_least("train.pack_length", c.train.pack_length, 0)
+  _at_least("train.score_micro_batch_tokens", c.train.score_micro_batch_tokens, 1)
+  _at_least("ppo.micro_batch_tokens", c.ppo.micro_batch_tokens, 1)
+  longest = c.rollout.max_prompt_tokens + c.rollout.max_new_tokens
+  if c.train.packing and 0 < c.train.pack_length < longest:
+    raise UserError(
+      f"train.pack_length={c.train.pack_length} cannot hold a step of rollout.max_prompt_tokens + "
+      f"rollout.max_new_tokens = {longest} tokens; raise it (or 0: {packing.row_length_for(longest)})"
     )
 
 

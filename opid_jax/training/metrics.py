@@ -191,6 +191,10 @@ class PhaseTimer:
     finally:
       self._seconds[name] += self._clock() - start
 
+  def seconds(self, name: str) -> float:
+    """The seconds summed so far for `name` (0 if it has not run)."""
+    return self._seconds.get(name, 0.0)
+
   def as_metrics(self) -> dict[str, float]:
     metrics = {f"time/{name}": seconds for name, seconds in self._seconds.items()}
     self._seconds.clear()

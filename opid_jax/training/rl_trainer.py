@@ -14,16 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from opid_jax.agent import env_setup, rollout
-from opid_jax.batching import padding
+from opid_jax.batching import packing, padding
 from opid_jax.envs.pool import EnvPool, TaskStream
 from opid_jax.evaluation import tables as eval_tables
 from opid_jax.generation.policy import make_policy
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.parallel import distributed, mesh as mesh_lib
-from opid_jax.rl import batch as batch_lib, minibatch_step, opid_samples, update
-from opid_jax.rl.scoring import Scorer
+from opid_jax.rl import algorithms, batch as batch_lib, minibatch_step, opid_samples, update
+from opid_jax.rl.scoring import Packing, Scorer
 from opid_jax.skills.backends import make_backend
-from opid_jax.training import config_checks, metrics as metrics_lib, scaffold
+from opid_jax.skills.bank import SkillBank
+from opid_jax.training import algo_rows, config_checks, flops as flops_lib, metrics as metrics_lib, scaffold
 from opid_jax.training.trajectory_dump import dump_trajectories
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,9 @@ log = logging.getLogger(__name__)
 def make_analyzer(config):
   a = config.analyzer
   settings = opid_settings(config)
-  if a.backend == "none" or not settings.skills_enabled:
+  if a.backend == "none" or not (settings.skills_enabled or algo_rows.row_of(config).student_skills):
     return None
-  common = dict(gamma=a.gamma, max_step_skills=a.max_step_skills)
+  common = dict(gamma=a.gamma, max_step_skills=a.max_step_skills, max_completion_tokens=a.max_completion_tokens)
   if a.backend == "openai":
     return make_backend(
       "openai",
@@ -50,14 +51,14 @@ def make_analyzer(config):
   if a.backend == "local":
     from opid_jax.generation.chat import make_chat_fn
 
-    return make_backend("local", chat_fn=make_chat_fn(a.model, max_new_tokens=1024), **common)
+    return make_backend("local", chat_fn=make_chat_fn(a.model, max_new_tokens=a.max_completion_tokens), **common)
   return make_backend(a.backend, **common)
 
 
 def opid_settings(config) -> opid_samples.OpidSettings:
-  o = config.opid
+  o, row = config.opid, algo_rows.row_of(config)
   return opid_samples.OpidSettings(
-    lambda_skill=o.lambda_skill,
+    lambda_skill=algo_rows.lambda_skill(config),
     routing=o.routing,
     adv_norm=o.adv_norm,
     group_stats=o.group_stats,
@@ -65,7 +66,20 @@ def opid_settings(config) -> opid_samples.OpidSettings:
     use_reference=config.ppo.kl_coef > 0,
     max_prompt_tokens=config.rollout.max_prompt_tokens,
     truncation_side=config.rollout.truncation_side,
+    teacher=row.teacher,
+    step_weight=algo_rows.step_weight(config),
+    gamma=config.algo.gamma,
+    rlsd_eps=config.algo.rlsd_eps,
   )
+
+
+def iteration_settings(config, iteration: int) -> opid_samples.OpidSettings:
+  """The settings of one iteration: RLSD's reweighting share decays with the iteration index."""
+  settings = opid_settings(config)
+  if not algo_rows.row_of(config).rlsd:
+    return settings
+  lam = algorithms.rlsd_lambda(iteration, config.algo.rlsd_lambda, config.algo.rlsd_warmdown)
+  return dataclasses.replace(settings, rlsd_lambda=lam)
 
 
 def loss_config(config) -> update.LossConfig:
@@ -79,6 +93,10 @@ def loss_config(config) -> update.LossConfig:
     kl_clamp=p.kl_clamp,
     entropy_coef=p.entropy_coef,
     temperature=config.rollout.temperature,
+    pg_weight=algo_rows.row_of(config).pg_weight,
+    distill=algo_rows.row_of(config).distill,
+    distill_coef=algo_rows.distill_coef(config),
+    gate_beta=algo_rows.gate_beta(config),
   )
 
 
@@ -99,6 +117,7 @@ class Run:
   checkpointer: Any
   workdir: str = ""
   start_iteration: int = 0
+  bank: SkillBank | None = None  # Skill-GRPO: episode skills by task type for the student's rollout prompts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +146,8 @@ def build_run(config, workdir: str) -> Run:
     prompt_buckets=prompt_buckets,
     response_buckets=config.train.response_buckets,
     truncate_left=truncate,
+    packing=score_packing(config, model),
+    graphdef=scaffold.graphdef_in_dtype(loaded.model, config.model.score_dtype),
   )
   # Each process plays its contiguous share of the task groups in its own env pool.
   share = distributed.process_share(config.rollout.tasks_per_batch, "rollout.tasks_per_batch")
@@ -147,13 +168,31 @@ def build_run(config, workdir: str) -> Run:
     writer=metrics_lib.MetricsWriter(workdir, enabled=distributed.is_lead()),
     checkpointer=scaffold.make_checkpointer(config, workdir),
     workdir=workdir,
+    bank=SkillBank() if algo_rows.row_of(config).student_skills else None,
   )
   start, model.state, host = scaffold.restore_or_start(run.checkpointer, run.writer, model.state, "iteration")
   if host is not None:
     run.stream.load_state_dict(host["task_stream"])
+    if run.bank is not None:
+      run.bank = SkillBank(host.get("skill_bank"))
     run.start_iteration = start
     _sync_params(run)
   return run
+
+
+def pack_length(config) -> int:
+  """train.pack_length, or (0) the power of two that holds the longest step; 0 when packing is off."""
+  if not config.train.packing:
+    return 0
+  longest = config.rollout.max_prompt_tokens + config.rollout.max_new_tokens
+  return config.train.pack_length or packing.row_length_for(longest)
+
+
+def score_packing(config, model: scaffold.Trainable) -> Packing | None:
+  if not config.train.packing:
+    return None
+  dp = mesh_lib.data_parallel_size(model.mesh, model.rules)
+  return Packing(pack_length(config), config.train.score_micro_batch_tokens, row_multiple=dp)
 
 
 def _sync_params(run: Run) -> None:
@@ -175,12 +214,14 @@ def batch_layout(run: Run) -> minibatch_step.BatchLayout:
     run.scorer.prompt_buckets,
     c.train.response_buckets,
     c.train.bucket_micro_batches,
+    pack_length=pack_length(c),
+    micro_batch_tokens=c.ppo.micro_batch_tokens,
   )
 
 
 def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tuple[dict[str, float], Rollout]:
   """One iteration: rollout, analysis (in the background), scoring into step samples, PPO updates."""
-  config, settings = run.config, opid_settings(run.config)
+  config, settings = run.config, iteration_settings(run.config, iteration)
   with timer.phase("rollout"):
     trajectories, gen_stats = _play(run, iteration)
   handle = run.analyzer.analyze_many_async(trajectories) if run.analyzer is not None else None
@@ -189,8 +230,13 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
     trajectories = distributed.concat_across_processes(trajectories)
     handle = _GatheredAnalyses(handle) if handle is not None else None
 
-  def score(prompts, responses, params):
-    return run.scorer.score(prompts, responses, temperature=config.rollout.temperature, params=params).logprobs
+  score_outputs, score_pairs = [], []
+
+  def score(prompts, responses, params, units=None):
+    out = run.scorer.score(prompts, responses, temperature=config.rollout.temperature, params=params, units=units)
+    score_outputs.append(out)
+    score_pairs.extend((len(p), len(r)) for p, r in zip(prompts, responses))
+    return out.logprobs
 
   with timer.phase("score"):
     samples, adv_metrics = opid_samples.build_samples(
@@ -203,9 +249,15 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
       analysis_handle=handle,
     )
   record = Rollout(tuple(trajectories), handle.result() if handle is not None else None, tuple(samples))
+  if run.bank is not None:
+    run.bank.update(trajectories, record.analyses)
+  processed = sum(o.processed_tokens for o in score_outputs)
+  if processed:
+    adv_metrics["perf/pad_share_score"] = 1.0 - sum(o.real_tokens for o in score_outputs) / processed
   with timer.phase("update"):
     ppo_metrics = _update(run, samples, iteration, settings.use_reference)
   metrics = {**eval_tables.trajectory_metrics(trajectories), **adv_metrics, **ppo_metrics}
+  metrics.update(_perf_metrics(run, trajectories, score_pairs, samples, timer))
   metrics["loss"] = metrics.get("ppo/loss", float("nan"))
   metrics["optimizer_steps"] = int(run.model.state.step)
   metrics["time/rollout_generation"] = gen_stats.get("seconds", 0.0)  # within time/rollout; the rest is env work
@@ -217,6 +269,20 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
       stats = distributed.sum_across_processes(stats, take_max=("analyzer/seconds",))
     metrics.update(stats)
   return metrics, record
+
+
+def _perf_metrics(run: Run, trajectories, score_pairs, samples, timer: metrics_lib.PhaseTimer) -> dict[str, float]:
+  """Model FLOP/s (and MFU on a known accelerator) of each phase, from the real, unpadded tokens."""
+  cfg = run.model.loaded.config
+  steps = [(len(s.prompt_ids), len(s.response_ids)) for t in trajectories for s in t.steps]
+  flops = {
+    "rollout": flops_lib.phase_flops(cfg, steps, "rollout"),
+    "score": flops_lib.phase_flops(cfg, score_pairs, "score"),
+    "update": run.config.ppo.epochs
+    * flops_lib.phase_flops(cfg, [(len(s.prompt_ids), len(s.response_ids)) for s in samples], "update"),
+  }
+  seconds = {phase: timer.seconds(phase) for phase in flops}
+  return flops_lib.perf_metrics(flops, seconds, jax.devices()[0].device_kind, jax.device_count())
 
 
 def _play(run: Run, iteration: int) -> tuple[list, dict]:
@@ -233,7 +299,7 @@ def _play(run: Run, iteration: int) -> tuple[list, dict]:
     run.model.loaded.tokenizer,
     tasks[share],
     r.group_size,
-    run.env.agent,
+    student_agent(run),
     r.max_prompt_tokens,
     first_group_id=iteration * r.tasks_per_batch + share.start,
     first_traj_id=share.start * r.group_size,
@@ -277,6 +343,15 @@ class _GatheredAnalyses:
 
 
 def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
+  """Greedy-or-sampled evaluation without skills (`eval/*`); under Skill-GRPO also with the bank's skills in the
+  prompts (`eval_skills/*`, the paper's starred rows)."""
+  metrics = _evaluate(run, iteration, run.env.agent, "eval", f"iter_{iteration:06d}")
+  if run.bank is not None:
+    metrics.update(_evaluate(run, iteration, student_agent(run), "eval_skills", f"iter_{iteration:06d}_skills"))
+  return metrics
+
+
+def _evaluate(run: Run, iteration: int, agent, prefix: str, table_name: str) -> dict[str, float]:
   c = run.config
   sampling = SamplingParams(
     temperature=c.rollout.eval_temperature,
@@ -301,7 +376,7 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
       pool,
       policy,
       run.model.loaded.tokenizer,
-      run.env.agent,
+      agent,
       tasks,
       c.rollout.max_prompt_tokens,
       c.rollout.truncation_side,
@@ -313,16 +388,26 @@ def run_evaluation(run: Run, iteration: int) -> dict[str, float]:
       pool.close()
   table = eval_tables.per_task_type(distributed.concat_across_processes(trajectories))
   if jax.process_index() == 0:
-    eval_tables.write_table(os.path.join(run.workdir, "eval"), f"iter_{iteration:06d}", table)
-  metrics = {f"eval/{k}": v for k, v in table["all"].items()}
+    eval_tables.write_table(os.path.join(run.workdir, "eval"), table_name, table)
+  metrics = {f"{prefix}/{k}": v for k, v in table["all"].items()}
   for name, row in table.items():
     if name.startswith("split:"):
-      metrics.update({f"eval/{name[len('split:') :]}/{k}": v for k, v in row.items()})
+      metrics.update({f"{prefix}/{name[len('split:') :]}/{k}": v for k, v in row.items()})
   return metrics
 
 
 def host_state(run: Run, iteration: int) -> dict:
-  return {"iteration": iteration, "task_stream": run.stream.state_dict(), "config": run.config.to_dict()}
+  state = {"iteration": iteration, "task_stream": run.stream.state_dict(), "config": run.config.to_dict()}
+  if run.bank is not None:
+    state["skill_bank"] = run.bank.state_dict()
+  return state
+
+
+def student_agent(run: Run):
+  """The agent the student plays: under Skill-GRPO its prompts carry the skill bank's episode skill."""
+  if run.bank is None:
+    return run.env.agent
+  return dataclasses.replace(run.env.agent, student_prompt=run.bank.student_prompt)
 
 
 def train(config, workdir: str) -> dict[str, float]:

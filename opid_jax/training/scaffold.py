@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from opid_jax.checkpoint.checkpointer import Checkpointer, PreemptionGuard
-from opid_jax.model import loading
+from opid_jax.model import decoder, loading
 from opid_jax.model.sharding import use_rules
 from opid_jax.parallel import distributed, mesh as mesh_lib
 from opid_jax.rl import update
@@ -45,6 +45,7 @@ def build_trainable(config, model_path: str) -> Trainable:
     dtype=config.model.dtype,
     param_dtype=config.model.param_dtype,
     remat=config.model.remat,
+    attention=config.model.attention,
     shardings=lambda var: mesh_lib.variable_sharding(var, mesh, rules),
   )
   graphdef, params = nnx.split(loaded.model)
@@ -52,6 +53,15 @@ def build_trainable(config, model_path: str) -> Trainable:
   return Trainable(
     mesh=mesh, rules=rules, loaded=loaded, graphdef=graphdef, tx=tx, state=update.init_train_state(params, tx)
   )
+
+
+def graphdef_in_dtype(model, dtype: str):
+  """The model's graph with another compute dtype (same parameters), e.g. float32 scoring of a bf16 model; None
+  when `dtype` is empty or already the model's."""
+  if not dtype or dtype == model.cfg.dtype:
+    return None
+  abstract = decoder.abstract_model(dataclasses.replace(model.cfg, dtype=dtype))
+  return nnx.split(abstract)[0]
 
 
 def make_checkpointer(config, workdir: str) -> Checkpointer:

@@ -1,13 +1,16 @@
 """Fuzzy string matching as WebShop's reward uses it (thefuzz's `token_set_ratio`), and colour normalisation.
 
-Scores are integers 0..100 like thefuzz's: both strings are reduced to ASCII, lower-cased, every
-non-alphanumeric character becomes a space; the similarity of two strings is the InDel ratio
-`2 * LCS / (len_a + len_b)` (what thefuzz computes through rapidfuzz / python-Levenshtein).
+Scores are integers 0..100 like thefuzz's. Both strings are cleaned as thefuzz 0.19's `utils.full_process`
+with `force_ascii` (WebShop pins thefuzz 0.19): the characters U+0080..U+00FF are deleted (its `asciidammit`;
+every other character is kept, CJK and U+0100 onwards included), every non-word character (regex `\\W`: neither
+alphanumeric nor `_`) becomes a space, then lower-case and strip. The similarity of two strings is the InDel
+ratio `2 * LCS / (len_a + len_b)` (thefuzz 0.19's `ratio` when python-Levenshtein is installed).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 # WebShop's colour vocabulary (engine/normalize.py), in its order: the first one contained in an option wins.
 COLOR_SET = (
@@ -128,12 +131,17 @@ def normalize_color(option) -> str | tuple:
   return option
 
 
+# thefuzz 0.19 utils.py: `bad_chars` is chr(128)..chr(255), deleted by `asciionly` (str.translate).
+_LATIN1_HIGH = dict.fromkeys(range(128, 256))
+# thefuzz 0.19 string_processing.py: StringProcessor.regex, each match replaced with one space.
+_NON_WORD = re.compile(r"(?ui)\W")
+
+
 def preprocess(text) -> str:
-  """thefuzz's full_process with force_ascii: non-strings go through str(), as thefuzz does."""
-  text = str(text)
-  ascii_only = "".join(ch for ch in text if ord(ch) < 128)
-  spaced = "".join(ch if ch.isalnum() else " " for ch in ascii_only)
-  return spaced.lower().strip()
+  """thefuzz 0.19's `full_process(text, force_ascii=True)`, step for step: `asciidammit` (str() of a
+  non-string, then delete U+0080..U+00FF), non-word characters to spaces, lower(), strip()."""
+  text = str(text).translate(_LATIN1_HIGH)
+  return _NON_WORD.sub(" ", text).lower().strip()
 
 
 def _lcs_length(a: str, b: str) -> int:
