@@ -33,8 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import step  # noqa: E402  (benchmarks/step.py: harvesting, settings; it puts the repo root on sys.path)
 
 THRESHOLD = 0.10
-# Routed steps (pairs) measured per policy; --quick: every routed step of the quick harvest.
+# Per policy: routed steps (pairs) measured (--quick: every routed step of the quick harvest), and whether float32
+# scoring runs in every layout or only in FEW_LAYOUTS (SmolLM2 compiles each new shape for ~30 s here).
 PAIRS = {"small": 32, "smollm2": 6}
+ALL_F32_LAYOUTS = {"small": True, "smollm2": False}
+FEW_LAYOUTS = 3  # the reference, packed by length, each sample alone
 
 
 def layouts(config, scoring_packing, pairs: int) -> dict:
@@ -47,9 +50,9 @@ def layouts(config, scoring_packing, pairs: int) -> dict:
   return {
     "packed, pairs in a row (reference)": (dict(packing=p), trainer_units, False),
     "packed by length (other neighbours)": (dict(packing=p), None, False),
+    "packed, each sample alone": (dict(packing=p), None, True),
     "packed, mismatched pairs": (dict(packing=p), shifted_units, False),
     "packed, rows 2x longer": (dict(packing=Packing(2 * p.pack_length, p.micro_batch_tokens)), trainer_units, False),
-    "packed, each sample alone": (dict(packing=p), None, True),
     f"padded, micro-batch {config.train.score_micro_batch}": (
       dict(micro_batch=config.train.score_micro_batch),
       None,
@@ -59,8 +62,8 @@ def layouts(config, scoring_packing, pairs: int) -> dict:
   }
 
 
-def score_layouts(loaded, config, graphdef, prompts, responses, pairs: int) -> dict:
-  """layout name -> per-sample float32 log-prob arrays."""
+def score_layouts(loaded, config, graphdef, prompts, responses, pairs: int, few: bool = False) -> dict:
+  """layout name -> per-sample float32 log-prob arrays (`few`: the first FEW_LAYOUTS layouts only)."""
   import numpy as np
 
   from opid_jax.rl.scoring import Packing, Scorer
@@ -75,7 +78,8 @@ def score_layouts(loaded, config, graphdef, prompts, responses, pairs: int) -> d
   )
   temperature = config.rollout.temperature
   out = {}
-  for name, (kwargs, units, alone) in layouts(config, packing, pairs).items():
+  chosen = list(layouts(config, packing, pairs).items())
+  for name, (kwargs, units, alone) in chosen[:FEW_LAYOUTS] if few else chosen:
     scorer = Scorer(loaded.model, loaded.pad_id, **common, **kwargs)
     if alone:
       logp = [scorer.score([p], [r], temperature=temperature).logprobs[0] for p, r in zip(prompts, responses)]
@@ -169,7 +173,8 @@ def run_policy(name: str, args) -> dict:
   advantages = {}
   for compute, graphdef in (("bfloat16", None), ("float32", f32_graph)):
     start = time.perf_counter()
-    by_layout = score_layouts(loaded, config, graphdef, all_prompts, all_responses, pairs)
+    few = compute == "float32" and not (args.all_f32_layouts or ALL_F32_LAYOUTS[name])
+    by_layout = score_layouts(loaded, config, graphdef, all_prompts, all_responses, pairs, few=few)
     result["compute"][compute] = deltas(by_layout)
     advantages[compute] = skill_advantages(next(iter(by_layout.values())), pairs)
     print(f"[{name}] {compute} scoring in {len(by_layout)} layouts: {time.perf_counter() - start:.0f} s", flush=True)
@@ -225,6 +230,7 @@ def main():
   parser.add_argument("--max_steps", type=int, default=0, help="override the step cap of the games")
   parser.add_argument("--temperature", type=float, default=1.0)
   parser.add_argument("--pairs", type=int, default=0, help="routed steps measured (0: the policy's default)")
+  parser.add_argument("--all_f32_layouts", action="store_true", help="float32 scoring in every layout (SmolLM2 too)")
   parser.add_argument("--attention", default="", help="override model.attention (default: the config's, auto)")
   args = parser.parse_args()
   names = ("small", "smollm2") if args.policy == "both" else (args.policy,)

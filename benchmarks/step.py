@@ -1,20 +1,22 @@
 """Packing before/after on real ALFWorld step samples: scoring and one update pass, padded vs packed.
 
-  python benchmarks/step.py [--policy=small|smollm2|both] [--quick] [--cache=/tmp/opid_step_samples] [--out=FILE]
+  python benchmarks/step.py [--policy=small|smollm2|both] [--quick] [--phases=score,update]
+      [--cache=/tmp/opid_step_samples] [--out=FILE] [--repeats=1]
 
-1. Harvest: the policy plays real ALFWorld train games (rollout.run_groups on an EnvPool) and every step's prompt
-   and response ids are kept. The trajectories are cached as JSON under --cache (one file per policy and size), so a
-   rerun skips the rollout. `small`: the alfworld_small SFT policy (configs/alfworld_small.py, its lengths);
-   `smollm2`: SmolLM2-135M-Instruct with configs/demo_smollm2.py's response format and lengths.
-2. In this one process, on the same samples and the same model: scoring with the old path (samples padded to
-   (prompt, response) length buckets, train.score_micro_batch per pass) against the packed path (rows of
-   rl_trainer.pack_length(config), train.score_micro_batch_tokens per pass); then one update pass over all samples
-   (ppo.mini_batch_size mini-batches) with the bucketed layout against the packed one. Each path runs once to compile,
-   then is timed (best of --repeats).
+1. Harvest: the policy plays real ALFWorld train games (rollout.run_groups on an EnvPool, temperature 1.0) and every
+   step's prompt and response ids are kept. The trajectories are cached as JSON under --cache (one file per policy,
+   split and size), so a rerun skips the rollout. `small`: the alfworld_small SFT policy (configs/alfworld_small.py,
+   its lengths); `smollm2`: SmolLM2-135M-Instruct with configs/demo_smollm2.py's response format and lengths.
+2. In this one process, on the same samples and the same (float32) model: scoring with the old path (samples padded
+   to (prompt, response) length buckets, train.score_micro_batch per pass) against the packed path (rows of
+   rl_trainer.pack_length(config), train.score_micro_batch_tokens per pass); then one update pass (ppo.mini_batch_size
+   mini-batches, old log-probs from the rollout) with the bucketed layout against the packed one, both from the same
+   initial state. Every path runs once to compile, then the timed runs follow, interleaved (best of --repeats).
 3. Per path: padding share of the token slots run through the model, seconds, real tokens/s; the measured speed-up,
-   the speed-up that removing the padding allows (processed tokens before / after), and measured / allowed.
+   the speed-up that removing the padding allows (processed tokens before / after), and measured / allowed. Also the
+   max |difference| of the per-token log-probs packed vs padded, and of the gradient norms.
 
-Shared with benchmarks/signal_noise.py: POLICIES, policy_config, load_policy, harvest.
+Shared with benchmarks/signal_noise.py: POLICIES, policy_config, load_policy, harvest, step_pairs, subset.
 """
 
 from __future__ import annotations
@@ -52,12 +54,13 @@ class Setting:
   update_samples: int  # samples in the update pass
 
 
-# Sized for 2 shared CPU cores (each path runs twice: compile, then timed): the small policy plays 8 tasks x 4 x <= 10
-# steps and 128 samples are scored, 64 (one mini-batch) updated; SmolLM2 (float32, ~100 tokens/s forward + backward)
-# plays the demo's 2 x 4 x 4, all scored, 16 updated.
+# Sized for 2 shared CPU cores (each path runs twice: compile, then timed). The small policy plays 8 tasks x 4 x <= 10
+# steps; 128 samples are scored, 64 (one mini-batch) updated. SmolLM2 in float32 plays the demo's 2 x 4 x 4; it
+# scored ~100-170 and updated ~20-35 tokens/s on this shared machine, so 16 samples are scored and 4 updated (one
+# padded micro-batch; run --phases=score and --phases=update separately to stay under ~8 minutes each).
 POLICIES = {
   "small": Setting("alfworld_small", Harvest(8, 4, 10), Harvest(2, 2, 2), score_samples=128, update_samples=64),
-  "smollm2": Setting("demo_smollm2", Harvest(2, 4, 4), Harvest(1, 2, 2), score_samples=32, update_samples=16),
+  "smollm2": Setting("demo_smollm2", Harvest(2, 4, 4), Harvest(1, 2, 2), score_samples=16, update_samples=4),
 }
 
 
@@ -141,8 +144,9 @@ def harvest(name: str, config, h: Harvest, cache_dir: str, loaded=None) -> list:
   config.rollout.max_steps = h.max_steps
   env = env_setup.build(config.env, config.rollout)
   loaded = loaded or load_policy(config)
+  truncate_left = r.truncation_side == "left"
   sampler = Sampler(
-    loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets(config), truncate_left=True
+    loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets(config), truncate_left=truncate_left
   )
   sampling = SamplingParams(temperature=h.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
   tasks = TaskStream(env.train_tasks, seed=h.seed).next_tasks(h.tasks)
@@ -233,7 +237,7 @@ def _compare(old: dict, new: dict) -> None:
   new.update(speedup=measured, allowed_speedup=allowed, efficiency=measured / allowed)
 
 
-def bench_scoring(name, config, trainable, prompts, responses, repeats) -> tuple[list[dict], float, list]:
+def bench_scoring(name, config, trainable, prompts, responses, repeats) -> tuple[list[dict], float]:
   from opid_jax.rl.scoring import Scorer
   from opid_jax.training import rl_trainer
 
@@ -264,7 +268,7 @@ def bench_scoring(name, config, trainable, prompts, responses, repeats) -> tuple
   diff = max(
     (float(abs(a - b).max()) for a, b in zip(outs["padded"].logprobs, outs["packed"].logprobs) if len(a)), default=0.0
   )
-  return rows, diff, outs["padded"].logprobs
+  return rows, diff
 
 
 def bench_update(name, config, trainable, prompts, responses, old_logp, repeats) -> list[dict]:
@@ -330,46 +334,51 @@ def run_policy(name: str, args) -> dict:
   prompts, responses = step_pairs(trajectories)
   if not prompts:
     raise SystemExit(f"[{name}] the rollout produced no steps")
-  harvested = len(prompts)
-  keep = subset(harvested, 0 if args.quick else args.score_samples or setting.score_samples)
-  prompts, responses = [prompts[i] for i in keep], [responses[i] for i in keep]
-  print(
-    f"[{name}] {harvested} step samples harvested, {len(prompts)} used: prompts {min(map(len, prompts))}-"
-    f"{max(map(len, prompts))} tokens, responses {min(map(len, responses))}-{max(map(len, responses))}; "
-    f"pack_length {rl_trainer.pack_length(config)}",
-    flush=True,
-  )
-  start = time.perf_counter()
-  score_rows, diff, old_logp = bench_scoring(name, config, trainable, prompts, responses, args.repeats)
-  print(f"[{name}] scoring measured ({time.perf_counter() - start:.0f} s)", flush=True)
-  up = subset(len(prompts), 0 if args.quick else args.update_samples or setting.update_samples, seed=1)
-  start = time.perf_counter()
-  update_rows = bench_update(
-    name,
-    config,
-    trainable,
-    [prompts[i] for i in up],
-    [responses[i] for i in up],
-    [old_logp[i] for i in up],
-    args.repeats,
-  )
-  print(f"[{name}] update measured ({time.perf_counter() - start:.0f} s)", flush=True)
-  n = len(up)
-  return dict(
+  sampled = [s.sampled_logprobs or [0.0] * len(s.response_ids) for t in trajectories for s in t.steps]
+  result = dict(
     policy=name,
     harvest=dataclasses.asdict(h),
-    harvested=harvested,
-    samples=len(prompts),
-    update_samples=n,
+    harvested=len(prompts),
     pack_length=rl_trainer.pack_length(config),
     score_micro_batch=config.train.score_micro_batch,
     score_micro_batch_tokens=config.train.score_micro_batch_tokens,
     ppo_micro_batch_size=config.ppo.micro_batch_size,
     ppo_micro_batch_tokens=config.ppo.micro_batch_tokens,
     mini_batch_size=config.ppo.mini_batch_size,
-    max_abs_logp_diff=diff,
-    rows=score_rows + update_rows,
+    rows=[],
   )
+  lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+  print(
+    f"[{name}] {len(prompts)} step samples harvested: {min(lengths)}-{max(lengths)} tokens (mean "
+    f"{sum(lengths) / len(lengths):.0f}); pack_length {result['pack_length']}",
+    flush=True,
+  )
+  if "score" in args.phases:
+    keep = subset(len(prompts), 0 if args.quick else args.score_samples or setting.score_samples)
+    start = time.perf_counter()
+    rows, diff = bench_scoring(
+      name, config, trainable, [prompts[i] for i in keep], [responses[i] for i in keep], args.repeats
+    )
+    print(f"[{name}] scoring of {len(keep)} samples measured ({time.perf_counter() - start:.0f} s)", flush=True)
+    result.update(samples=len(keep), max_abs_logp_diff=diff)
+    result["rows"] += rows
+  if "update" in args.phases:
+    # old_logp: the rollout's own log-probs (the loss needs some; the update's speed does not depend on them).
+    up = subset(len(prompts), 0 if args.quick else args.update_samples or setting.update_samples, seed=1)
+    start = time.perf_counter()
+    rows = bench_update(
+      name,
+      config,
+      trainable,
+      [prompts[i] for i in up],
+      [responses[i] for i in up],
+      [sampled[i] for i in up],
+      args.repeats,
+    )
+    print(f"[{name}] update of {len(up)} samples measured ({time.perf_counter() - start:.0f} s)", flush=True)
+    result.update(update_samples=len(up), grad_norm_rel_diff=rows[1]["grad_norm_rel_diff"])
+    result["rows"] += rows
+  return result
 
 
 def table(results: list[dict]) -> str:
@@ -399,6 +408,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="tiny sizes (a couple of games, 2 steps): a smoke test")
   parser.add_argument("--cache", default="/tmp/opid_step_samples", help="folder of the harvested trajectories")
   parser.add_argument("--out", default="", help="also write the results as JSON here")
+  parser.add_argument("--phases", default="score,update", help="what to measure: score, update or both")
   parser.add_argument("--data_dir", default="", help="ALFWorld data (default: the config's, data/alfworld)")
   parser.add_argument("--split", default="", help="the split the games come from (default: the config's, train)")
   parser.add_argument("--tasks", type=int, default=0, help="override the number of tasks played")
@@ -416,14 +426,18 @@ def main():
   print()
   for res in results:
     h = res["harvest"]
-    upd = next(r for r in res["rows"] if r["phase"] == "update" and r["path"] == "packed")
-    print(
-      f"- {res['policy']}: {h['tasks']} tasks x {h['group']} rollouts x <= {h['max_steps']} steps (temperature "
-      f"{h['temperature']}): {res['harvested']} step samples; pack_length {res['pack_length']}, scoring {res['score_micro_batch_tokens']} token slots "
-      f"per pass (padded: {res['score_micro_batch']} samples), update {res['ppo_micro_batch_tokens']} (padded: "
-      f"{res['ppo_micro_batch_size']} samples), mini-batch {res['mini_batch_size']}. Max |logp packed - padded| "
-      f"per token: {res['max_abs_logp_diff']:.2e}; grad-norm relative difference: {upd['grad_norm_rel_diff']:.1e}"
-    )
+    notes = [
+      f"{h['tasks']} tasks x {h['group']} rollouts x <= {h['max_steps']} steps (temperature {h['temperature']}): "
+      f"{res['harvested']} step samples",
+      f"pack_length {res['pack_length']}; scoring {res['score_micro_batch_tokens']} token slots per pass (padded: "
+      f"{res['score_micro_batch']} samples); update {res['ppo_micro_batch_tokens']} (padded: "
+      f"{res['ppo_micro_batch_size']} samples), mini-batch {res['mini_batch_size']}",
+    ]
+    if "max_abs_logp_diff" in res:
+      notes.append(f"max |logp packed - logp padded| per token {res['max_abs_logp_diff']:.2e}")
+    if "grad_norm_rel_diff" in res:
+      notes.append(f"gradient-norm relative difference packed vs padded {res['grad_norm_rel_diff']:.1e}")
+    print(f"- {res['policy']}: " + "; ".join(notes))
   if args.out:
     with open(args.out, "w") as f:
       json.dump(results, f, indent=1)

@@ -17,7 +17,9 @@ def get_config():
       param_dtype="float32",
       remat=True,  # recompute each layer's activations in the backward pass
       attention="auto",  # xla | chunked | cudnn (GPU) | splash (TPU) | auto (per backend; model/attention.py)
-      score_dtype="",  # compute dtype of the scoring passes (old, reference, skill); empty: as `dtype`
+      # Compute dtype of the scoring passes (old, reference, skill; empty: as `dtype`). float32 by default: in bf16,
+      # SmolLM2-135M's skill signal |logp_skill - logp_old| carried 17.5 % rounding error (benchmarks/signal_noise.py)
+      score_dtype="float32",
     )
   )
 
@@ -72,7 +74,7 @@ def get_config():
 
   c.analyzer = ml_collections.ConfigDict(
     dict(
-      backend="expert",  # openai | local | expert | none
+      backend="openai",  # openai (the paper's LLM analyzer) | local | expert (privileged: the walkthrough) | none
       base_url="",
       model="",
       api_key_env="",  # the NAME of the environment variable holding the key; never the key itself
@@ -115,7 +117,7 @@ def get_config():
     dict(
       clip_eps=0.2,
       clip_eps_high=0.2,
-      dual_clip=0.0,  # 0 disables; otherwise the dual-clip constant c > 1 (e.g. 3.0)
+      dual_clip=3.0,  # the dual-clip constant c > 1 (as the official scripts); 0 disables
       epochs=1,
       mini_batch_size=64,  # step samples per optimizer update
       micro_batch_size=8,  # step samples per forward/backward pass without packing (gradients accumulate exactly)
@@ -123,7 +125,7 @@ def get_config():
       kl_coef=0.01,
       kl_estimator="k3",  # k1 | k2 | k3
       kl_clamp=10.0,
-      entropy_coef=0.0,
+      entropy_coef=0.001,  # the entropy bonus of the official ALFWorld and WebShop scripts
     )
   )
 

@@ -34,7 +34,7 @@ def get_config():
   c.env.update(name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_seen", num_workers=2)
   c.analyzer.update(backend="expert", max_step_skills=5)
   c.opid.update(lambda_skill=0.1, routing="critical_first", invalid_penalty=0.1)
-  c.ppo.update(kl_coef=0.0, mini_batch_size=64, micro_batch_size=8)
+  c.ppo.update(kl_coef=0.0, mini_batch_size=64, micro_batch_size=8, entropy_coef=0.0, dual_clip=0.0)  # as the study ran
   c.optim.update(lr=3e-5, weight_decay=0.0)
   c.train.update(
     steps=4,

@@ -51,7 +51,7 @@ def get_config():
   c.env.update(name="alfworld", data_dir="data/alfworld", train_split="train", eval_split="valid_unseen", num_workers=2)
   c.analyzer.update(backend="expert", max_step_skills=5)
   c.opid.update(lambda_skill=0.1, routing="critical_first")
-  c.ppo.update(kl_coef=0.0, mini_batch_size=32, micro_batch_size=4)
+  c.ppo.update(kl_coef=0.0, mini_batch_size=32, micro_batch_size=4, entropy_coef=0.0, dual_clip=0.0)
   c.optim.update(lr=2e-5)
   c.train.update(
     steps=2,
@@ -60,6 +60,7 @@ def get_config():
     eval_at_start=True,
     eval_at_end=True,
     score_micro_batch=8,
+    pack_length=2048,  # rows of ~4 steps (a 1024 default would hold one ~500-token step and its skill prompt)
     prompt_buckets=(512, 768),
     response_buckets=(16,),
   )

@@ -29,9 +29,9 @@ def get_config():
     topk=3,
     num_workers=8,
   )
-  c.analyzer.max_step_skills = 2
+  c.analyzer.update(backend="openai", max_step_skills=5, max_completion_tokens=4096)
   c.opid.update(lambda_skill=0.001, routing="critical_first", invalid_penalty=0.01)
-  c.ppo.update(kl_coef=0.001, mini_batch_size=512, micro_batch_size=16)
+  c.ppo.update(kl_coef=0.001, mini_batch_size=512, micro_batch_size=16, entropy_coef=0.0, dual_clip=3.0)
   c.optim.update(lr=1e-6)
   c.train.update(steps=200, eval_every=20, eval_tasks=500, prompt_buckets=(512, 1024, 2048, 4096))
   return c

@@ -23,8 +23,9 @@ def get_config():
   )
   c.env.update(name="webshop", data_dir="data/webshop", num_workers=8)
   c.analyzer.max_step_skills = 5
-  c.opid.update(lambda_skill=0.001, routing="critical_first", invalid_penalty=0.1)
-  c.ppo.update(kl_coef=0.01, mini_batch_size=256, micro_batch_size=16)
+  c.analyzer.update(backend="openai", max_completion_tokens=4096)
+  c.opid.update(lambda_skill=0.001, routing="critical_first", invalid_penalty=0.1, adv_norm="mean")
+  c.ppo.update(kl_coef=0.01, mini_batch_size=64, micro_batch_size=8, entropy_coef=0.001, dual_clip=3.0)
   c.optim.update(lr=1e-6)
   c.train.update(steps=150, eval_every=10, eval_tasks=500, prompt_buckets=(512, 1024, 2048, 4096))
   return c

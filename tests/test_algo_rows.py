@@ -33,9 +33,10 @@ def test_every_row_runs_an_iteration_on_the_counting_env(name, model_dir, tmp_pa
   assert np.isfinite(metrics["loss"]) and metrics["samples"] > 0
   if name in ROW_METRIC:
     assert ROW_METRIC[name] in metrics and np.isfinite(metrics[ROW_METRIC[name]])
-  if name == "opsd":  # distillation only: the policy-gradient term is weighted 0 (the reference KL stays)
+  if name == "opsd":  # distillation only: the policy-gradient term is weighted 0 (KL and entropy terms stay)
     want = c.algo.sdar_coef * metrics["sdar/loss"] + c.ppo.kl_coef * metrics["ppo/kl_ref"]
-    assert metrics["ppo/loss"] == pytest.approx(want, abs=1e-6) and metrics["ppo/pg_loss"] != 0
+    want -= c.ppo.entropy_coef * metrics["ppo/entropy"]
+    assert metrics["ppo/loss"] == pytest.approx(want, abs=1e-6)
   if name == "skill_grpo":
     assert "eval_skills/success" in metrics and "eval/success" in metrics
   assert metrics["adv/skill_coverage"] == (1.0 if name in TEACHER_ROWS + ["opid"] else 0.0)

@@ -21,10 +21,15 @@ def load(name):
 @pytest.mark.parametrize(
   "name", ["base", "alfworld", "alfworld_small", "demo", "demo_smollm2", "search_qa", "webshop", "smoke"]
 )
-def test_configs_validate(name):
+def test_configs_validate(name, monkeypatch):
   c = load(name)
   if not c.model.path:
     c.model.path = "some/model"
+  if c.analyzer.backend == "openai":  # the paper's configs need an endpoint: one error line without it
+    with pytest.raises(UserError, match="--config.analyzer.backend=expert"):
+      config_checks.validate(c)
+    monkeypatch.setenv("OPID_KEY", "k")
+    c.analyzer.update(base_url="http://127.0.0.1:1/v1", model="m", api_key_env="OPID_KEY")
   config_checks.validate(c)
 
 
@@ -40,7 +45,7 @@ def test_paper_settings():
   assert (w.rollout.max_steps, w.rollout.history_window) == (15, 2)
   assert a.opid.invalid_penalty == 0.1 and s.opid.invalid_penalty == 0.01
   assert a.ppo.kl_coef == 0.01 and s.ppo.kl_coef == 0.001
-  assert a.analyzer.max_step_skills == 5 and s.analyzer.max_step_skills == 2
+  assert a.analyzer.max_step_skills == 5 and s.analyzer.max_step_skills == 5
   assert a.opid.lambda_skill == 0.001 and a.optim.lr == 1e-6 and a.ppo.clip_eps == 0.2
   assert a.rollout.eval_temperature == 0.4 and a.rollout.max_prompt_tokens == 2048
 

@@ -1,5 +1,9 @@
 """The OpenAI-compatible server over real loopback HTTP, and the `openai` analyzer backend talking to it."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 
 import httpx
@@ -10,6 +14,8 @@ from opid_jax.agent.trajectory import Step, Trajectory
 from opid_jax.envs.base import Hindsight
 from opid_jax.generation.server import build_server
 from opid_jax.skills.backends import make_backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +132,7 @@ def test_openai_backend_talks_to_the_server(server, monkeypatch):
     api_key_env="OPID_TEST_KEY",
     concurrency=4,
     timeout_s=120,
-    max_tokens=24,
+    max_completion_tokens=24,
     max_step_skills=2,
   )
   results = backend.analyze_many([trajectory(i, won=i % 2 == 0) for i in range(4)])
@@ -136,3 +142,50 @@ def test_openai_backend_talks_to_the_server(server, monkeypatch):
   assert stats.calls >= 4 and stats.parse_failures >= 4 and stats.final_failures + stats.with_skill == 4
   assert all((r.skills is None) == bool(r.failure) for r in results)
   backend.close()
+
+
+def test_a_training_iteration_with_the_server_as_its_analyzer(server, model_dir, tmp_path):
+  """The paper's setting end to end: an LLM analyzer behind an OpenAI-compatible endpoint (ours)."""
+  url, served = server
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", OPID_TEST_KEY="sk-sentinel-not-a-real-key")
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "opid_jax.train",
+      "--config=configs/smoke.py",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.model.path={model_dir}",
+      "--config.train.steps=1",
+      "--config.analyzer.backend=openai",
+      f"--config.analyzer.base_url={url}",
+      f"--config.analyzer.model={served}",
+      "--config.analyzer.api_key_env=OPID_TEST_KEY",
+      "--config.analyzer.max_completion_tokens=16",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert res.returncode == 0, res.stderr[-3000:]
+  row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert row["analyzer/trajectories"] == 4 and row["analyzer/calls"] >= 4 and row["samples"] > 0
+
+
+def test_the_openai_analyzer_without_an_endpoint_is_one_error_line(tmp_path):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
+  res = subprocess.run(
+    [sys.executable, "-m", "opid_jax.train", "--config=configs/alfworld.py", f"--workdir={tmp_path}"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert res.returncode == 2
+  (line,) = res.stderr.strip().splitlines()
+  assert line.startswith("error: analyzer.backend=openai")
+  for needle in ("analyzer.base_url", "analyzer.model", "analyzer.api_key_env", "--config.analyzer.backend=expert"):
+    assert needle in line

@@ -13,8 +13,8 @@ import re
 
 from opid_jax.envs.search_qa import search_r1_action
 
-# CJK ideographs, kana and hangul: any of them marks a response as malformed (language drift).
-_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
+# CJK unified ideographs (U+4E00-U+9FFF, the official validity rule): any of them marks a response as malformed.
+_CJK = re.compile(r"[\u4e00-\u9fff]")
 _ANY_TAG = re.compile(r"</?(?:think|action|search|answer|information)>", re.IGNORECASE)
 _SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", re.DOTALL)  # case-sensitive, as in Search-R1
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)

@@ -62,7 +62,10 @@ class PackedBatch:
 
 def row_length_for(longest_sample: int) -> int:
   """The default packed row length: the power of two (>= MIN_ROW) that holds the longest possible sample."""
-  return _bucket(longest_sample, 1 << 30)
+  size = MIN_ROW
+  while size < longest_sample:
+    size *= 2
+  return size
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -85,11 +88,13 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
 
 
 def _bucket(n: int, limit: int, multiple: int = MIN_ROW) -> int:
-  """The smallest power-of-two multiple of `multiple` >= n, capped at `limit` (fewer shapes, little padding)."""
+  """n rounded up to one of eight steps per octave (multiples of `multiple`), capped at `limit`: at most 1/8 of a
+  row is bucket slack, and few distinct shapes compile."""
   size = multiple
   while size < n:
     size *= 2
-  return max(min(size, limit), n)
+  step = max(multiple, size // 8)
+  return max(min(-(-n // step) * step, limit), n)
 
 
 def micro_batch_rows(num_rows: int, rows_per_micro: int, row_multiple: int = 1) -> list[int]:
@@ -129,6 +134,8 @@ def pack(
     raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
   lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
   units = [list(u) for u in units] if units is not None else [[i] for i in range(len(prompts))]
+  if sorted(i for u in units for i in u) != list(range(len(prompts))):
+    raise ValueError("units must list every sample index exactly once")
   # A unit longer than a row is split into its samples (they then share a micro-batch only by chance).
   units = [part for u in units for part in ([u] if sum(lengths[i] for i in u) <= pack_length else [[i] for i in u])]
   bins = first_fit_decreasing([sum(lengths[i] for i in u) for u in units], pack_length)

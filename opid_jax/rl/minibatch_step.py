@@ -64,7 +64,7 @@ def optimizer_step(
       with_ref=with_ref,
       with_teacher=bool(cfg.distill),
       row_multiple=mesh_lib.data_parallel_size(layout.mesh, layout.rules),
-      target_multiple=min(cfg.chunk_size, 64),
+      target_multiple=cfg.chunk_size,
     )
     state, metrics = update.train_step_micro_batches(
       state, [_shard(m, layout, 0) for m in micros], graphdef=graphdef, tx=tx, cfg=cfg

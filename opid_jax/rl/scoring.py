@@ -229,7 +229,7 @@ class Scorer:
       pad_id=self.pad_id,
       units=units,
       row_multiple=self.packing.row_multiple,
-      target_multiple=min(self.chunk_size, 64),
+      target_multiple=self.chunk_size,
     )
     return [(b.arrays(), b.placement) for b in batches]
 

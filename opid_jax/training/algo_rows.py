@@ -62,6 +62,14 @@ def lambda_skill(config) -> float:
   return config.opid.lambda_skill if row_of(config).opid_term else 0.0
 
 
+def needs_analyzer(config) -> bool:
+  """Whether the run uses skills at all: a teacher pass (OPID with lambda > 0, the distillation and RLSD rows) or
+  Skill-GRPO's bank. GRPO and GiGPO do not."""
+  row = row_of(config)
+  teacher = row.teacher and (not row.opid_term or config.opid.lambda_skill > 0) and config.opid.routing != "none"
+  return (teacher or row.student_skills) and config.analyzer.backend != "none"
+
+
 def validate(c) -> None:
   """Impossible combinations of `algo` with the other blocks; each is one error line saying what to set."""
   name = c.algo.name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from opid_jax.agent.rollout import RESPONSE_FORMATS
 from opid_jax.batching import packing
 from opid_jax.errors import UserError
@@ -67,16 +69,16 @@ def validate(c) -> None:
     raise UserError("model.path is empty: give an HF folder, a hub id, or a .gguf file")
   _one_of("model.attention", c.model.attention, attention.IMPLEMENTATIONS)
   _one_of("model.score_dtype", c.model.score_dtype, ("",) + DTYPES)
+  algo_rows.validate(c)
   _validate_rollout(c.rollout)
   _one_of("env.name", c.env.name, ENV_NAMES)
   _at_least("env.num_workers", c.env.num_workers, 1)
   _above("env.step_timeout_s", c.env.step_timeout_s, 0.0)
-  _validate_analyzer(c.analyzer)
+  _validate_analyzer(c.analyzer, algo_rows.needs_analyzer(c))
   _validate_opid(c.opid, c.analyzer)
   _validate_ppo(c.ppo)
   validate_optim(c.optim)
   _validate_train(c)
-  algo_rows.validate(c)
 
 
 def _validate_rollout(r) -> None:
@@ -98,10 +100,15 @@ def _validate_rollout(r) -> None:
   _one_of("rollout.response_format", r.response_format, RESPONSE_FORMATS)
 
 
-def _validate_analyzer(a) -> None:
+def _validate_analyzer(a, uses_analyzer: bool) -> None:
   _one_of("analyzer.backend", a.backend, ANALYZER_BACKENDS)
-  if a.backend == "openai" and not (a.base_url and a.model):
-    raise UserError("analyzer.backend=openai needs analyzer.base_url and analyzer.model")
+  endpoint = a.base_url and a.model and a.api_key_env and os.environ.get(a.api_key_env)
+  if a.backend == "openai" and uses_analyzer and not endpoint:
+    raise UserError(
+      "analyzer.backend=openai (the paper's LLM analyzer) needs --config.analyzer.base_url, --config.analyzer.model "
+      "and --config.analyzer.api_key_env (the NAME of a set environment variable holding the key); offline, "
+      "--config.analyzer.backend=expert writes skills from the game's walkthrough (a privileged teacher, not OPID)"
+    )
   if a.backend == "local" and not a.model:
     raise UserError("analyzer.backend=local needs analyzer.model (a model path for the JAX sampler)")
   _at_least("analyzer.max_step_skills", a.max_step_skills, 0)

@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 def make_analyzer(config):
   a = config.analyzer
-  settings = opid_settings(config)
-  if a.backend == "none" or not (settings.skills_enabled or algo_rows.row_of(config).student_skills):
+  if not algo_rows.needs_analyzer(config):
     return None
   common = dict(gamma=a.gamma, max_step_skills=a.max_step_skills, max_completion_tokens=a.max_completion_tokens)
   if a.backend == "openai":
