@@ -14,6 +14,7 @@ import pytest
 
 from opid_jax.errors import UserError
 from opid_jax.parallel import distributed
+from opid_jax.training.metrics import WALL_CLOCK_PREFIXES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -71,9 +72,7 @@ def one_iteration(train_cmd, workdir, *extra):
 
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [
-      {k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "analyzer/seconds"))} for line in f
-    ]
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith(WALL_CLOCK_PREFIXES)} for line in f]
 
 
 def final_params(workdir, step):

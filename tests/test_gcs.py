@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from gcs_emulator import GcsEmulator
 
+from opid_jax.training.metrics import WALL_CLOCK_PREFIXES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "opid-test"
-IGNORED = ("time/", "analyzer/seconds")
+IGNORED = WALL_CLOCK_PREFIXES
 
 
 @pytest.fixture(scope="module")

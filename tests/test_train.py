@@ -13,6 +13,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from opid_jax.training.metrics import WALL_CLOCK_PREFIXES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu")
 
@@ -30,7 +32,7 @@ def run_train(train_cmd):
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  return [{k: v for k, v in r.items() if not k.startswith(("time/", "analyzer/seconds"))} for r in rows]
+  return [{k: v for k, v in r.items() if not k.startswith(WALL_CLOCK_PREFIXES)} for r in rows]
 
 
 def final_params(workdir, step):

@@ -170,6 +170,10 @@ def _line_step(line: str) -> int | None:
     return None
 
 
+# Metric keys measured in wall-clock time (they differ between two runs of the same computation).
+WALL_CLOCK_PREFIXES = ("time/", "analyzer/seconds", "perf/tflops_", "perf/mfu_")
+
+
 class PhaseTimer:
   """Wall seconds per named phase, summed until `as_metrics()` reads and resets them.
 
