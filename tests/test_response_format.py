@@ -166,6 +166,7 @@ def _config(**rollout_overrides):
 
   c = base.get_config()
   c.model.path = "some/model"
+  c.analyzer.backend = "expert"  # offline: the paper's openai default needs an endpoint
   c.rollout.update(**rollout_overrides)
   return c
 
