@@ -11,10 +11,12 @@ import pytest
 from opid_jax.envs.base import Env, Hindsight, ResetResult, StepResult
 from opid_jax.envs.pool import EnvPool, TaskStream, failure_of
 
+SLOW_S = 1.5
+
 
 class CountdownEnv(Env):
-  """Won after `task_id` (an integer) steps of "go"; "boom" raises, "hang" never returns, "die"
-  (as a task or an action) kills the worker process."""
+  """Won after `task_id` (an integer) steps of "go"; "boom" raises, "hang" never returns, "slow" takes
+  SLOW_S seconds to change nothing, "die" (as a task or an action) kills the worker process."""
 
   def __init__(self):
     self.remaining = 0
@@ -36,6 +38,8 @@ class CountdownEnv(Env):
       raise RuntimeError("the env broke")
     if action == "hang":
       time.sleep(3600)
+    if action == "slow":
+      time.sleep(SLOW_S)
     if action == "die":
       os.kill(os.getpid(), signal.SIGKILL)
     if action == "go":
@@ -129,6 +133,130 @@ def test_env_error_fails_one_episode_and_keeps_the_worker(pool):
   steps = pool.step([(1, "boom")])
   assert "the env broke" in failure_of(steps[0]) and steps[0].done
   assert pool.worker_pids() == pids and pool.restarts == 0
+
+
+def _receive_all(pool):
+  results = []
+  while pool.in_flight:
+    results += pool.receive(timeout_s=10)
+  return results
+
+
+def _play_batched(pool, tasks):
+  history = {i: [result] for (i, _), result in zip(tasks, pool.reset(tasks))}
+  playing = [i for i, _ in tasks]
+  while playing:
+    for i, result in zip(playing, pool.step([(i, "go") for i in playing])):
+      history[i].append(result)
+    playing = [i for i in playing if not history[i][-1].done]
+  return history
+
+
+def _play_async(pool, tasks):
+  history = {i: [] for i, _ in tasks}
+  for i, task_id in tasks:
+    pool.submit("reset", i, task_id)
+  while pool.in_flight:
+    for i, command, result in pool.receive(timeout_s=10):
+      assert command == ("step" if history[i] else "reset")
+      history[i].append(result)
+      if not getattr(result, "done", False):
+        pool.submit("step", i, "go")
+  return history
+
+
+def test_async_plays_like_the_batched_calls(pool):
+  tasks = [(0, "2"), (1, "1"), (2, "3"), (3, "2")]
+  batched = _play_batched(pool, tasks)
+  assert _play_async(pool, tasks) == batched
+  assert [len(batched[i]) for i in range(4)] == [3, 2, 4, 3] and all(h[-1].won for h in batched.values())
+  pool.submit("hindsight", 2, None)
+  assert pool.receive(timeout_s=10) == [(2, "hindsight", Hindsight(expert_actions=("go",) * 3))]
+
+
+def test_async_answers_come_as_they_are_ready(pool):
+  pool.reset([(i, "2") for i in range(4)])
+  started = time.monotonic()
+  pool.submit("step", 1, "slow")  # worker 1 is busy for SLOW_S ...
+  pool.submit("step", 0, "go")  # ... while worker 0 answers at once
+  pool.submit("step", 2, "go")
+  fast = []
+  while len(fast) < 2:
+    fast += pool.receive(timeout_s=10)
+  assert time.monotonic() - started < SLOW_S - 0.5 and pool.in_flight == 1
+  assert sorted((i, command, r.observation) for i, command, r in fast) == [
+    (0, "step", "count 1"),
+    (2, "step", "count 1"),
+  ]
+  pool.submit("step", 0, "go")
+  [(env_index, _, won)] = pool.receive(timeout_s=10)
+  assert env_index == 0 and won.won and pool.in_flight == 1
+  [(env_index, _, slow)] = pool.receive(timeout_s=10)
+  assert env_index == 1 and slow.observation == "count 2" and not slow.done and pool.in_flight == 0
+
+
+def test_async_killed_worker_fails_only_its_requests(pool):
+  pool.reset([(i, "3") for i in range(4)])
+  dead_pid = pool.worker_pids()[0]  # holds envs 0 and 2
+  pool.submit("step", 0, "slow")
+  pool.submit("step", 1, "go")
+  pool.submit("step", 3, "go")
+  os.kill(dead_pid, signal.SIGKILL)
+  results = {i: result for i, _, result in _receive_all(pool)}
+  assert failure_of(results[0]) == "env worker died (exit code -9)" and results[0].done and not results[0].won
+  assert [(results[i].observation, failure_of(results[i])) for i in (1, 3)] == [("count 2", "")] * 2
+  assert pool.restarts == 1 and dead_pid not in pool.worker_pids()
+  # env 2 had nothing in flight: its episode died with the worker, which its next step reports at once
+  pool.submit("step", 2, "go")
+  with pytest.raises(ValueError):
+    pool.submit("step", 2, "go")
+  [(env_index, command, lost)] = pool.receive(timeout_s=0)
+  assert (env_index, command, failure_of(lost)) == (2, "step", "env worker died (exit code -9)") and lost.done
+  pool.submit("reset", 0, "1")
+  [(_, _, reset)] = pool.receive(timeout_s=10)
+  assert not failure_of(reset) and reset.info["pid"] == pool.worker_pids()[0]
+  pool.submit("step", 0, "go")
+  [(_, _, won)] = pool.receive(timeout_s=10)
+  assert won.won
+
+
+def test_async_hung_worker_fails_only_its_requests(pool):
+  pool.reset([(i, "2") for i in range(4)])  # workers are up before the short hang timeout
+  pool.timeout_s = 0.5
+  hung_pid = pool.worker_pids()[1]  # holds envs 1 and 3
+  started = time.monotonic()
+  for env_index, action in [(1, "hang"), (3, "go"), (0, "go"), (2, "go")]:
+    pool.submit("step", env_index, action)
+  results = {i: result for i, _, result in _receive_all(pool)}
+  assert time.monotonic() - started < 5
+  assert [failure_of(results[i]) for i in (1, 3)] == ["env worker sent nothing for 0.5 s (hung)"] * 2
+  assert [results[i].observation for i in (0, 2)] == ["count 1"] * 2
+  assert hung_pid not in pool.worker_pids() and pool.restarts == 1
+  pool.timeout_s = 3.0
+  assert not any(failure_of(r) for r in pool.reset([(1, "1"), (3, "1")]))
+
+
+def test_async_receive_waits_and_refuses_misuse(pool):
+  started = time.monotonic()
+  assert pool.receive() == [] and pool.receive(timeout_s=5) == [] and pool.in_flight == 0
+  assert time.monotonic() - started < 0.5
+  pool.reset([(0, "2"), (1, "2")])
+  pool.submit("step", 0, "slow")
+  with pytest.raises(ValueError):
+    pool.submit("step", 0, "go")
+  with pytest.raises(ValueError):
+    pool.submit("jump", 1, "go")
+  with pytest.raises(IndexError):
+    pool.submit("step", 4, "go")
+  for batched in (lambda: pool.step([(1, "go")]), lambda: pool.reset([(1, "1")]), lambda: pool.hindsight([1])):
+    with pytest.raises(RuntimeError):
+      batched()
+  started = time.monotonic()
+  assert pool.receive(timeout_s=0.3) == [] and pool.in_flight == 1
+  assert 0.25 < time.monotonic() - started < SLOW_S
+  [(env_index, _, slow)] = pool.receive(timeout_s=10)
+  assert env_index == 0 and not failure_of(slow)
+  assert [s.observation for s in pool.step([(0, "go"), (1, "go")])] == ["count 1", "count 1"]
 
 
 def test_task_stream_is_seeded_and_resumable():

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from opid_jax.agent import parsing, prompts
 from opid_jax.agent.trajectory import Step, Trajectory
-from opid_jax.envs.base import StepResult
+from opid_jax.envs.base import ResetResult, StepResult
 from opid_jax.envs.pool import EnvPool, failure_of
 
 Policy = Callable[[list[list[int]]], list[tuple[list[int], list[float]]]]
@@ -65,7 +65,7 @@ def search_agent(history_length: int = 4, max_steps: int = 4) -> AgentSpec:
 
 
 @dataclasses.dataclass
-class _Episode:
+class Episode:
   """Host-side state of one running episode."""
 
   env_index: int
@@ -136,23 +136,10 @@ def _run_wave(
 ) -> list[Trajectory]:
   resets = pool.reset([(env_index, task_id) for env_index, (_, _, task_id) in enumerate(wave)])
   hindsights = pool.hindsight(list(range(len(wave))))
-  episodes = []
-  for env_index, ((group_id, traj_id, task_id), reset, hindsight) in enumerate(zip(wave, resets, hindsights)):
-    trajectory = Trajectory(
-      group_id=group_id,
-      traj_id=traj_id,
-      task_id=task_id,
-      task=reset.task,
-      task_type=reset.task_type,
-      hindsight=hindsight,
-      failure_reason=failure_of(reset),
-      info={"truncated": False, "format_problems": {}},
-    )
-    episodes.append(
-      _Episode(
-        env_index, trajectory, reset.observation, list(reset.admissible_actions), running=not trajectory.failure_reason
-      )
-    )
+  episodes = [
+    start_episode(env_index, episode, reset, hindsight)
+    for env_index, (episode, reset, hindsight) in enumerate(zip(wave, resets, hindsights))
+  ]
   ended = [e for e in episodes if not e.running]  # failed at reset
   while True:
     for e in ended:
@@ -166,58 +153,88 @@ def _run_wave(
   return [e.trajectory for e in episodes]
 
 
+def start_episode(env_index: int, episode: tuple[int, int, str], reset: ResetResult, hindsight) -> Episode:
+  """The host state of an episode whose env was just reset (not running when the reset failed)."""
+  group_id, traj_id, task_id = episode
+  trajectory = Trajectory(
+    group_id=group_id,
+    traj_id=traj_id,
+    task_id=task_id,
+    task=reset.task,
+    task_type=reset.task_type,
+    hindsight=hindsight,
+    failure_reason=failure_of(reset),
+    info={"truncated": False, "format_problems": {}},
+  )
+  return Episode(
+    env_index, trajectory, reset.observation, list(reset.admissible_actions), running=not trajectory.failure_reason
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class Turn:
+  """One episode's prompt for its next step, in the three forms a Step records."""
+
+  user_text: str
+  prompt_text: str
+  prompt_ids: list[int]
+
+
+def next_turn(
+  episode: Episode,
+  agent: AgentSpec,
+  tokenizer: Any,
+  max_prompt_tokens: int | None,
+  truncation_side: str,
+  enable_thinking: bool,
+) -> Turn:
+  e = episode
+  user_text = agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history, agent.history_length)
+  if agent.student_prompt is not None:
+    user_text = agent.student_prompt(user_text, e.trajectory.task_type)
+  prompt_text = prompts.to_chat_text(tokenizer, user_text, enable_thinking) + agent.response_prefix
+  return Turn(
+    user_text, prompt_text, prompts.tokenize_prompt(tokenizer, prompt_text, max_prompt_tokens, truncation_side)
+  )
+
+
+def read_response(agent: AgentSpec, tokenizer: Any, response_ids: Sequence[int]) -> tuple[str, parsing.ParsedAction]:
+  """The assistant turn's text (the response prefix included) and the action parsed from it."""
+  text = agent.response_prefix + tokenizer.decode(list(response_ids), skip_special_tokens=True)
+  return text, agent.parse(text)
+
+
 def _play_turn(
   pool: EnvPool,
   policy: Policy,
   tokenizer: Any,
-  running: list[_Episode],
+  running: list[Episode],
   agent: AgentSpec,
   max_prompt_tokens: int | None,
   truncation_side: str,
   enable_thinking: bool,
 ) -> None:
-  user_texts = [
-    agent.render(e.trajectory.task, e.observation, e.admissible_actions, e.history, agent.history_length)
-    for e in running
-  ]
-  if agent.student_prompt is not None:
-    user_texts = [agent.student_prompt(text, e.trajectory.task_type) for text, e in zip(user_texts, running)]
-  prefix = agent.response_prefix
-  prompt_texts = [prompts.to_chat_text(tokenizer, text, enable_thinking) + prefix for text in user_texts]
-  prompt_ids = [prompts.tokenize_prompt(tokenizer, text, max_prompt_tokens, truncation_side) for text in prompt_texts]
-  samples = policy(prompt_ids)
+  turns = [next_turn(e, agent, tokenizer, max_prompt_tokens, truncation_side, enable_thinking) for e in running]
+  samples = policy([t.prompt_ids for t in turns])
   if len(samples) != len(running):
     raise ValueError(f"policy returned {len(samples)} responses for {len(running)} prompts")
-  response_texts = [prefix + tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in samples]
-  parsed = [agent.parse(text) for text in response_texts]
-  results = pool.step([(e.env_index, p.action) for e, p in zip(running, parsed)])
-  for i, episode in enumerate(running):
-    _record_step(
-      episode,
-      user_texts[i],
-      prompt_texts[i],
-      prompt_ids[i],
-      samples[i],
-      response_texts[i],
-      parsed[i],
-      results[i],
-      agent.max_steps,
-      prefix,
-    )
+  responses = [read_response(agent, tokenizer, ids) for ids, _ in samples]
+  results = pool.step([(e.env_index, parsed.action) for e, (_, parsed) in zip(running, responses)])
+  for episode, turn, sample, (text, parsed), result in zip(running, turns, samples, responses, results):
+    record_step(episode, turn, sample, text, parsed, result, agent)
 
 
-def _record_step(
-  episode: _Episode,
-  user_text: str,
-  prompt_text: str,
-  prompt_ids: list[int],
+def record_step(
+  episode: Episode,
+  turn: Turn,
   sample: tuple[list[int], list[float]],
   response_text: str,
   parsed: parsing.ParsedAction,
   result: StepResult,
-  max_steps: int,
-  response_prefix: str = "",
+  agent: AgentSpec,
 ) -> None:
+  """Appends the step to the trajectory and moves the episode on (or ends it)."""
+  max_steps, response_prefix = agent.max_steps, agent.response_prefix
   trajectory = episode.trajectory
   at_cap = trajectory.length + 1 >= max_steps
   done = result.done or at_cap
@@ -227,8 +244,8 @@ def _record_step(
       index=trajectory.length,
       observation=episode.observation,
       admissible_actions=episode.admissible_actions,
-      prompt_text=prompt_text,
-      prompt_ids=prompt_ids,
+      prompt_text=turn.prompt_text,
+      prompt_ids=turn.prompt_ids,
       response_ids=list(response_ids),
       response_text=response_text,
       action=parsed.action,
@@ -236,7 +253,7 @@ def _record_step(
       reward=float(result.reward),
       done=done,
       sampled_logprobs=list(logprobs),
-      user_prompt_text=user_text,
+      user_prompt_text=turn.user_text,
       response_prefix=response_prefix,
     )
   )

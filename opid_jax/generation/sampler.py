@@ -41,21 +41,22 @@ class GenerationOutput:
 
 
 def filter_logits(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
-  """Masks logits outside the top-k set and outside the top-p nucleus (ties at the threshold are kept)."""
-  vocab = logits.shape[-1]
+  """Masks logits outside the top-k set and outside the top-p nucleus (ties at the threshold are kept).
+  top_p and top_k are scalars or one value per row."""
+  rows, vocab = logits.shape[:-1], logits.shape[-1]
   sorted_desc = -jnp.sort(-logits, axis=-1)
   k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-  kth = jnp.take_along_axis(sorted_desc, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], axis=-1)
+  kth = jnp.take_along_axis(sorted_desc, jnp.broadcast_to(k - 1, rows)[..., None], axis=-1)
   probs = jax.nn.softmax(sorted_desc, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs
-  in_nucleus = mass_before < top_p
+  in_nucleus = mass_before < jnp.broadcast_to(top_p, rows)[..., None]
   nucleus_min = jnp.min(jnp.where(in_nucleus, sorted_desc, jnp.inf), axis=-1, keepdims=True)
   threshold = jnp.maximum(kth, nucleus_min)
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
 def sample_from_logits(logits: jax.Array, key: jax.Array) -> jax.Array:
-  """Inverse-CDF sampling with one uniform number per row (far cheaper on CPU than a Gumbel variate per
+  """Inverse-CDF sampling with one uniform number per row (`key`: one key for the batch, or one key per row) (far cheaper on CPU than a Gumbel variate per
   vocabulary entry). The CDF is taken in two levels, over blocks of the vocabulary and then inside the one block
   the uniform falls in, because a full-vocabulary cumulative sum is slow on CPU."""
   rows, vocab = logits.shape[:-1], logits.shape[-1]
@@ -64,7 +65,11 @@ def sample_from_logits(logits: jax.Array, key: jax.Array) -> jax.Array:
   probs = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
   probs = jnp.pad(probs, [(0, 0)] * len(rows) + [(0, n_blocks * block - vocab)]).reshape(*rows, n_blocks, block)
   block_cdf = jnp.cumsum(jnp.sum(probs, axis=-1), axis=-1)  # [..., n_blocks]
-  target = jax.random.uniform(key, rows, jnp.float32) * block_cdf[..., -1]
+  if key.ndim == 2:  # a key per row: each row's draw depends on its own key only
+    uniform = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+  else:
+    uniform = jax.random.uniform(key, rows, jnp.float32)
+  target = uniform * block_cdf[..., -1]
   chosen = jnp.minimum(jnp.sum(block_cdf <= target[..., None], axis=-1), n_blocks - 1)
   mass_before = jnp.take_along_axis(block_cdf, jnp.maximum(chosen - 1, 0)[..., None], axis=-1)[..., 0]
   mass_before = jnp.where(chosen > 0, mass_before, 0.0)
@@ -82,17 +87,25 @@ def argmax_last_axis(logits: jax.Array) -> jax.Array:
 
 
 def sample_token(logits, key, temperature, top_p, top_k):
-  """One token per row and its log-prob under softmax(logits / temperature) (greedy: temperature 1)."""
-  greedy = temperature <= 0.0
-  scaled = logits / jnp.where(greedy, 1.0, temperature)
+  """One token per row and its log-prob under softmax(logits / temperature) (greedy: temperature 1).
+
+  The knobs are scalars or one value per row (the continuous engine's slots each hold another request); `key` is
+  one key, or one per row."""
+  rows = logits.shape[:-1]
+  greedy = jnp.broadcast_to(temperature <= 0.0, rows)
+  scaled = logits / jnp.where(greedy, 1.0, temperature)[..., None]
   logp = jax.nn.log_softmax(scaled, axis=-1)
 
   def sample():
-    needs_filter = (top_p < 1.0) | (top_k > 0)
-    filtered = jax.lax.cond(needs_filter, lambda: filter_logits(scaled, top_p, top_k), lambda: scaled)
-    return sample_from_logits(filtered, key)
+    needs_filter = jnp.broadcast_to((top_p < 1.0) | (top_k > 0), rows)
+    filtered = jax.lax.cond(
+      jnp.any(needs_filter),
+      lambda: jnp.where(needs_filter[..., None], filter_logits(scaled, top_p, top_k), scaled),
+      lambda: scaled,
+    )
+    return jnp.where(greedy, argmax_last_axis(logits), sample_from_logits(filtered, key))
 
-  token = jax.lax.cond(greedy, lambda: argmax_last_axis(logits), sample).astype(jnp.int32)
+  token = jax.lax.cond(jnp.all(greedy), lambda: argmax_last_axis(logits), sample).astype(jnp.int32)
   return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 

@@ -103,7 +103,7 @@ class Attention(nnx.Module):
     if cache is not None:
       cache = _write_cache(cache, k, v, cache_index)
       if t == 1:  # a decode step: one query against the whole cache, in the cache's own layout
-        allowed = kv_valid & (jnp.arange(kv_valid.shape[1]) <= cache_index)[None]  # [b, s]
+        allowed = kv_valid & (jnp.arange(kv_valid.shape[1])[None] <= jnp.reshape(cache_index, (-1, 1)))  # [b, s]
         out = _attend_one_query(q[:, 0], cache.k.astype(q.dtype), cache.v.astype(q.dtype), allowed)
         return self._output(out.reshape(b, 1, n, h), x.dtype), cache
       if not (isinstance(cache_index, int) and cache_index == 0):  # appending after cached tokens
@@ -124,12 +124,20 @@ class Attention(nnx.Module):
 
 
 def _write_cache(cache: LayerCache, k, v, cache_index) -> LayerCache:
-  """Writes keys and values [b, t, kv_heads, h] at slot cache_index."""
-  k = jax.lax.dynamic_update_slice_in_dim(cache.k, k.transpose(0, 2, 3, 1).astype(cache.k.dtype), cache_index, axis=3)
-  v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(1, 2).astype(cache.v.dtype), cache_index, axis=2)
+  """Writes keys and values [b, t, kv_heads, h] at slot cache_index: one slot for the whole batch, or (a decode
+  step, t = 1) one slot per row, a [b] array (the continuous engine's sequences each have their own length)."""
+  if jnp.ndim(cache_index) == 1:
+    rows = jnp.arange(k.shape[0])
+    new_k = cache.k.at[rows, :, :, cache_index].set(k[:, 0].astype(cache.k.dtype))
+    new_v = cache.v.at[rows, :, cache_index, :].set(v[:, 0].astype(cache.v.dtype))
+  else:
+    new_k = jax.lax.dynamic_update_slice_in_dim(
+      cache.k, k.transpose(0, 2, 3, 1).astype(cache.k.dtype), cache_index, axis=3
+    )
+    new_v = jax.lax.dynamic_update_slice_in_dim(cache.v, v.swapaxes(1, 2).astype(cache.v.dtype), cache_index, axis=2)
   return LayerCache(
-    constrain(k, ("batch", "kv_heads", "head_dim", "cache_length")),
-    constrain(v, ("batch", "kv_heads", "cache_length", "head_dim")),
+    constrain(new_k, ("batch", "kv_heads", "head_dim", "cache_length")),
+    constrain(new_v, ("batch", "kv_heads", "cache_length", "head_dim")),
   )
 
 
