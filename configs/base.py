@@ -54,6 +54,11 @@ def get_config():
       max_steps=30,
       eval_temperature=0.4,
       response_format="think_action",  # think_action (<think>..</think><action>..</action>) | action (ALFWorld)
+      # static: each turn, one batch over every running episode, decoded until its longest response ends.
+      # continuous: slots decode side by side; an episode's action goes to its env the moment its response ends.
+      engine="static",
+      slots=0,  # continuous: sequences decoded at once (0: one per env of the rollout pool)
+      decode_steps=8,  # continuous: tokens per slot per device call (the host syncs once per call)
     )
   )
 

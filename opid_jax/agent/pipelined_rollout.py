@@ -21,6 +21,7 @@ from opid_jax.agent.rollout import (
   next_turn,
   read_response,
   record_step,
+  run_groups,
   start_episode,
 )
 from opid_jax.agent.trajectory import Trajectory
@@ -121,3 +122,12 @@ def run_groups_pipelined(
     stats["env_exposed_seconds"] = stats.get("env_exposed_seconds", 0.0) + exposed_s
   order = [traj_id for _, traj_id, _ in group_tasks(task_ids, group_size, first_group_id, first_traj_id)]
   return [trajectories[traj_id] for traj_id in order]
+
+
+def play_groups(pool: EnvPool, generator, tokenizer: Any, task_ids: Sequence[str], group_size: int, agent, **kw):
+  """`group_size` episodes of each task with either kind of generator: a policy callable plays turn by turn
+  (`rollout.run_groups`), a Generator (one with `submit`) pipelined; keywords as `rollout.run_groups`."""
+  if hasattr(generator, "submit"):
+    stats = getattr(generator, "stats", None)
+    return run_groups_pipelined(pool, generator, tokenizer, task_ids, group_size, agent, stats=stats, **kw)
+  return run_groups(pool, generator, tokenizer, task_ids, group_size, agent, **kw)

@@ -12,8 +12,8 @@ from opid_jax.batching import padding
 from opid_jax.checkpoint import run_files
 from opid_jax.envs.pool import EnvPool
 from opid_jax.evaluation import tables
-from opid_jax.generation.policy import make_policy
-from opid_jax.generation.sampler import Sampler, SamplingParams
+from opid_jax.generation.policy import build_generation
+from opid_jax.generation.sampler import SamplingParams
 from opid_jax.model import loading
 
 
@@ -32,19 +32,13 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
     nnx.update(loaded.model, restored)
   r = config.rollout
   prompt_buckets = padding.buckets_up_to(r.max_prompt_tokens, config.train.prompt_buckets)
-  sampler = Sampler(
-    loaded.model,
-    loaded.stop_ids,
-    loaded.pad_id,
-    prompt_buckets=prompt_buckets,
-    truncate_left=r.truncation_side == "left",
-  )
   sampling = SamplingParams(
     temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens
   )
-  policy = make_policy(sampler, sampling, jax.random.PRNGKey(config.train.seed))
   tasks = tables.first_per_split(env.eval_tasks, num_tasks)
   num_envs = max(1, min(len(tasks), config.train.eval_envs or r.tasks_per_batch * r.group_size))
+  generation = build_generation(loaded, r, prompt_buckets, num_envs)
+  policy = generation.generator(sampling, jax.random.PRNGKey(config.train.seed))
   with EnvPool(
     env.eval_factory or env.factory,
     num_envs=num_envs,

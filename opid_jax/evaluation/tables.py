@@ -9,6 +9,7 @@ import numpy as np
 import tqdm
 
 from opid_jax.agent import rollout
+from opid_jax.agent.pipelined_rollout import play_groups
 from opid_jax.agent.trajectory import Trajectory
 
 
@@ -81,14 +82,14 @@ def evaluate(
     bar.set_postfix_str(f"success {counts['won']}/{counts['done']} = {counts['won'] / counts['done']:.3f}")
 
   try:
-    trajectories = rollout.run_groups(
+    trajectories = play_groups(
       pool,
       policy,
       tokenizer,
       task_ids,
       1,
       agent,
-      max_prompt_tokens,
+      max_prompt_tokens=max_prompt_tokens,
       truncation_side=truncation_side,
       on_episode_end=finished,
     )

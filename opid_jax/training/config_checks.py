@@ -7,6 +7,7 @@ import os
 from opid_jax.agent.rollout import RESPONSE_FORMATS
 from opid_jax.batching import packing
 from opid_jax.errors import UserError
+from opid_jax.generation.policy import ENGINES
 from opid_jax.model import attention
 from opid_jax.rl.advantages import ADV_NORMS, GROUP_STATS
 from opid_jax.rl.loss import KL_ESTIMATORS
@@ -98,6 +99,9 @@ def _validate_rollout(r) -> None:
   _at_least("rollout.max_steps", r.max_steps, 1)
   _in_range("rollout.eval_temperature", r.eval_temperature, 0.0, 10.0)
   _one_of("rollout.response_format", r.response_format, RESPONSE_FORMATS)
+  _one_of("rollout.engine", r.engine, ENGINES)
+  _at_least("rollout.slots", r.slots, 0)
+  _at_least("rollout.decode_steps", r.decode_steps, 1)
 
 
 def _validate_analyzer(a, uses_analyzer: bool) -> None:

@@ -170,8 +170,16 @@ def _line_step(line: str) -> int | None:
     return None
 
 
-# Metric keys measured in wall-clock time (they differ between two runs of the same computation).
-WALL_CLOCK_PREFIXES = ("time/", "analyzer/seconds", "perf/tflops_", "perf/mfu_")
+# Metric keys measured in wall-clock time, or shaped by it (they differ between two runs of the same computation):
+# the continuous engine's slot use depends on when env answers arrive.
+WALL_CLOCK_PREFIXES = (
+  "time/",
+  "analyzer/seconds",
+  "perf/tflops_",
+  "perf/mfu_",
+  "perf/decode_tokens_per_s",
+  "rollout/slot_utilisation",
+)
 
 
 class PhaseTimer:

@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from opid_jax.agent import env_setup, rollout
+from opid_jax.agent import env_setup
+from opid_jax.agent.pipelined_rollout import play_groups
 from opid_jax.batching import packing, padding
 from opid_jax.envs.pool import EnvPool, TaskStream
 from opid_jax.evaluation import tables as eval_tables
-from opid_jax.generation.policy import make_policy
-from opid_jax.generation.sampler import Sampler, SamplingParams
+from opid_jax.generation.policy import Generation, build_generation, generation_metrics
+from opid_jax.generation.sampler import SamplingParams
 from opid_jax.parallel import distributed, mesh as mesh_lib
 from opid_jax.rl import algorithms, batch as batch_lib, minibatch_step, opid_samples, update
 from opid_jax.rl.scoring import Packing, Scorer
@@ -106,7 +107,7 @@ class Run:
   config: Any
   model: scaffold.Trainable  # mesh, rules, loaded model, optimizer, train state
   ref_params: Any
-  sampler: Sampler
+  generation: Generation  # the sampler, and the continuous engine when rollout.engine says so
   scorer: Scorer
   env: env_setup.EnvSetup
   pool: EnvPool
@@ -137,7 +138,6 @@ def build_run(config, workdir: str) -> Run:
   ref_params = jax.tree.map(jnp.copy, params) if config.ppo.kl_coef > 0 else None
   truncate = config.rollout.truncation_side == "left"
   prompt_buckets = padding.buckets_up_to(config.rollout.max_prompt_tokens, config.train.prompt_buckets)
-  sampler = Sampler(loaded.model, loaded.stop_ids, loaded.pad_id, prompt_buckets=prompt_buckets, truncate_left=truncate)
   scorer = Scorer(
     loaded.model,
     loaded.pad_id,
@@ -158,7 +158,7 @@ def build_run(config, workdir: str) -> Run:
     config=config,
     model=model,
     ref_params=ref_params,
-    sampler=sampler,
+    generation=build_generation(loaded, config.rollout, prompt_buckets, num_envs),
     scorer=scorer,
     env=env,
     pool=pool,
@@ -195,7 +195,7 @@ def score_packing(config, model: scaffold.Trainable) -> Packing | None:
 
 
 def _sync_params(run: Run) -> None:
-  run.sampler.set_params(run.model.state.params)
+  run.generation.set_params(run.model.state.params)
   run.scorer.set_params(run.model.state.params)
 
 
@@ -262,6 +262,7 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
   metrics["time/rollout_generation"] = gen_stats.get("seconds", 0.0)  # within time/rollout; the rest is env work
   metrics["rollout/new_tokens"] = gen_stats.get("new_tokens", 0)
   metrics["rollout/prompt_tokens"] = gen_stats.get("prompt_tokens", 0)
+  metrics.update(generation_metrics(gen_stats))
   if handle is not None:
     stats = handle.stats.as_dict(prefix="analyzer/")
     if jax.process_count() > 1:
@@ -291,15 +292,15 @@ def _play(run: Run, iteration: int) -> tuple[list, dict]:
   tasks = run.stream.next_tasks(r.tasks_per_batch)  # the same list on every process
   share = distributed.process_share(r.tasks_per_batch, "rollout.tasks_per_batch")
   gen_stats: dict = {}
-  policy = distributed.Lockstep(make_policy(run.sampler, sampling, iteration_key(run.config, iteration), gen_stats))
-  trajectories = rollout.run_groups(
+  policy = run.generation.generator(sampling, iteration_key(run.config, iteration), gen_stats)
+  trajectories = play_groups(
     run.pool,
     policy,
     run.model.loaded.tokenizer,
     tasks[share],
     r.group_size,
     student_agent(run),
-    r.max_prompt_tokens,
+    max_prompt_tokens=r.max_prompt_tokens,
     first_group_id=iteration * r.tasks_per_batch + share.start,
     first_traj_id=share.start * r.group_size,
     truncation_side=r.truncation_side,
@@ -358,9 +359,7 @@ def _evaluate(run: Run, iteration: int, agent, prefix: str, table_name: str) -> 
     top_k=c.rollout.top_k,
     max_new_tokens=c.rollout.max_new_tokens,
   )
-  policy = distributed.Lockstep(
-    make_policy(run.sampler, sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20))
-  )
+  policy = run.generation.generator(sampling, jax.random.fold_in(iteration_key(c, iteration), 1 << 20))
   tasks = eval_tables.first_per_split(run.env.eval_tasks, c.train.eval_tasks)
   tasks = tasks[distributed.process_range(len(tasks))]
   own_pool = run.env.eval_factory is not None or c.train.eval_envs > 0
