@@ -1,4 +1,7 @@
-"""Gathers concurrent chat requests into batched sampler calls (one worker thread owns the sampler)."""
+"""Gathers concurrent requests into batched sampler calls (one worker thread owns the sampler).
+
+A `GenerationBackend` (see generation/backend.py) with static batches: a request's tokens all arrive at once.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +14,10 @@ from typing import Sequence
 
 import jax
 
+from opid_jax.generation.backend import Completion, TokenCallback
 from opid_jax.generation.sampler import Sampler, SamplingParams
 
-
-@dataclasses.dataclass
-class Completion:
-  text: str
-  prompt_tokens: int
-  completion_tokens: int
-  finish_reason: str  # "stop" or "length"
+__all__ = ["Completion", "RequestBatcher"]
 
 
 @dataclasses.dataclass
@@ -28,6 +26,7 @@ class _Request:
   sampling: SamplingParams
   max_tokens: int  # <= sampling.max_new_tokens, which is rounded up so that requests share compilations
   future: Future
+  on_tokens: TokenCallback | None
 
 
 class RequestBatcher:
@@ -44,11 +43,23 @@ class RequestBatcher:
     self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
     self._thread.start()
 
-  def submit(self, prompt_ids: Sequence[int], sampling: SamplingParams, max_tokens: int | None = None) -> Future:
+  def submit(
+    self,
+    prompt_ids: Sequence[int],
+    sampling: SamplingParams,
+    max_tokens: int | None = None,
+    on_tokens: TokenCallback | None = None,
+  ) -> Future:
+    """A Future of a Completion with at most `max_tokens` tokens (None: `sampling.max_new_tokens`)."""
     future: Future = Future()
-    limit = sampling.max_new_tokens if max_tokens is None else min(max_tokens, sampling.max_new_tokens)
-    self._queue.put(_Request(list(prompt_ids), sampling, limit, future))
+    limit = sampling.max_new_tokens if max_tokens is None else max_tokens
+    # A power-of-two decode length lets requests share compiled decode loops; the answer is cut to `limit`.
+    bucketed = dataclasses.replace(sampling, max_new_tokens=1 << (max(limit, 1) - 1).bit_length())
+    self._queue.put(_Request(list(prompt_ids), bucketed, limit, future, on_tokens))
     return future
+
+  def stats(self) -> dict:
+    return {"batches": self.batches, "requests": self.requests}
 
   def close(self) -> None:
     self._stop.set()
@@ -72,7 +83,8 @@ class RequestBatcher:
 
   def _loop(self) -> None:
     while not self._stop.is_set():
-      pending = self._gather()
+      # Requests whose caller gave up (a cancelled future) are dropped; the others can no longer be cancelled.
+      pending = [r for r in self._gather() if r.future.set_running_or_notify_cancel()]
       groups: dict[SamplingParams, list[_Request]] = {}
       for request in pending:
         groups.setdefault(request.sampling, []).append(request)
@@ -85,12 +97,16 @@ class RequestBatcher:
       out = self.sampler.generate([r.prompt_ids for r in requests], sampling, key=key)
       self.batches += 1
       self.requests += len(requests)
-      for r, tokens, finished in zip(requests, out.tokens, out.finished):
-        if len(tokens) > r.max_tokens:
-          tokens, finished = tokens[: r.max_tokens], False
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        r.future.set_result(Completion(text, len(r.prompt_ids), len(tokens), "stop" if finished else "length"))
     except Exception as e:  # the server answers each request with the error instead of hanging
       for r in requests:
-        if not r.future.done():
-          r.future.set_exception(e)
+        r.future.set_exception(e)
+      return
+    for r, tokens, finished in zip(requests, out.tokens, out.finished):
+      if len(tokens) > r.max_tokens:
+        tokens, finished = tokens[: r.max_tokens], False
+      try:
+        if r.on_tokens is not None:
+          r.on_tokens(list(tokens))
+        r.future.set_result(Completion(list(tokens), len(r.prompt_ids), len(tokens), "stop" if finished else "length"))
+      except Exception as e:  # a failing callback fails its own request only
+        r.future.set_exception(e)

@@ -234,6 +234,11 @@ class ContinuousEngine:
     return bool(self._waiting or self._running)
 
   @property
+  def in_flight(self) -> int:
+    """Requests waiting or decoding."""
+    return len(self._waiting) + len(self._running)
+
+  @property
   def free_slots(self) -> int:
     return self.slots - len(self._running)
 
