@@ -1,6 +1,7 @@
-"""`serve` throughput: 32 concurrent clients versus one client at a time, on a tiny random model.
+"""`serve` throughput, static against continuous engine: 32 concurrent clients (and one client at a time), each
+request with its own heavy-tailed max_tokens, on a tiny random model.
 
-python benchmarks/serve.py [--requests=64] [--clients=32] [--max_tokens=32]
+python benchmarks/serve.py [--requests=128] [--clients=32] [--max_tokens=128] [--engines=static,continuous]
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path[:0] = [_ROOT, os.path.join(_ROOT, "tests")]
 
 
-def run_clients(url: str, requests: int, clients: int, max_tokens: int) -> tuple[float, int]:
+def request_lengths(requests: int, max_tokens: int, seed: int = 0) -> list[int]:
+  """Heavy-tailed max_tokens per request (like ALFWorld responses: most short, a few up to the cap)."""
+  import numpy as np
+
+  rng = np.random.RandomState(seed)
+  return [int(x) for x in np.clip(rng.lognormal(np.log(0.22 * max_tokens), 0.8, requests), 4, max_tokens)]
+
+
+def run_clients(url: str, lengths: list[int], clients: int) -> tuple[float, int]:
   import httpx
 
-  body = {
-    "messages": [{"role": "user", "content": "You are in a room. Your task is to: put a mug in the sink."}],
-    "max_tokens": max_tokens,
-    "temperature": 1.0,
-  }
-  tokens = [0] * requests
+  tokens = [0] * len(lengths)
   next_index = [0]
   lock = threading.Lock()
 
@@ -34,9 +38,15 @@ def run_clients(url: str, requests: int, clients: int, max_tokens: int) -> tuple
         with lock:
           i = next_index[0]
           next_index[0] += 1
-        if i >= requests:
+        if i >= len(lengths):
           return
-        tokens[i] = http.post(f"{url}/chat/completions", json=body).json()["usage"]["completion_tokens"]
+        body = {
+          "messages": [{"role": "user", "content": f"You are in room {i}. Your task is to: put a mug in the sink."}],
+          "max_tokens": lengths[i],
+          "temperature": 1.0,
+        }
+        answer = http.post(f"{url}/chat/completions", json=body).json()
+        tokens[i] = answer["usage"]["completion_tokens"]
 
   start = time.perf_counter()
   threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -48,10 +58,11 @@ def run_clients(url: str, requests: int, clients: int, max_tokens: int) -> tuple
 
 
 def main():
-  parser = argparse.ArgumentParser()
-  parser.add_argument("--requests", type=int, default=64)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--requests", type=int, default=128)
   parser.add_argument("--clients", type=int, default=32)
-  parser.add_argument("--max_tokens", type=int, default=32)
+  parser.add_argument("--max_tokens", type=int, default=128)
+  parser.add_argument("--engines", default="static,continuous")
   args = parser.parse_args()
   from hf_fixtures import make_hf_model, save_tiny_tokenizer
 
@@ -60,28 +71,35 @@ def main():
   model_dir = tempfile.mkdtemp()
   save_tiny_tokenizer(model_dir)
   make_hf_model("qwen3", model_dir, hidden_size=256, num_hidden_layers=4, intermediate_size=768)
-  httpd, batcher = build_server(model_dir, "127.0.0.1", 0, max_batch=args.clients, max_prompt_tokens=512)
-  threading.Thread(target=httpd.serve_forever, daemon=True).start()
-  url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-  # Warm-up: compile every batch bucket the measurement can meet, so it times serving, not compilation.
-  from opid_jax.generation.sampler import SamplingParams
-  from opid_jax.model import tokenizer as tok
-
-  prompt = tok.encode(batcher.tokenizer, tok.chat_prompt(batcher.tokenizer, [{"role": "user", "content": "hi"}]))
-  bucket = 1 << (args.max_tokens - 1).bit_length()
-  for size in (b for b in batcher.sampler.batch_buckets if b <= args.clients):
-    batcher.sampler.generate([prompt] * size, SamplingParams(1.0, max_new_tokens=bucket))
-  run_clients(url, args.clients, args.clients, args.max_tokens)
-  print(f"serve throughput, tiny model (hidden 256, 4 layers), {args.requests} requests, max_tokens {args.max_tokens}")
-  for clients in (1, args.clients):
-    seconds, tokens = run_clients(url, args.requests, clients, args.max_tokens)
-    print(
-      f"  {clients:3d} client(s): {args.requests / seconds:7.2f} requests/s  {tokens / seconds:8.1f} tokens/s  "
-      f"({seconds:.1f} s)"
+  lengths = request_lengths(args.requests, args.max_tokens)
+  print(
+    f"serve throughput, tiny model (hidden 256, 4 layers), {args.requests} requests, max_tokens heavy-tailed "
+    f"(mean {sum(lengths) / len(lengths):.0f}, max {max(lengths)})"
+  )
+  print("| engine | clients | requests/s | tokens/s | seconds |")
+  print("|---|---|---|---|---|")
+  for engine in args.engines.split(","):
+    httpd, backend = build_server(
+      model_dir,
+      "127.0.0.1",
+      0,
+      max_batch=args.clients,
+      max_prompt_tokens=512,
+      engine=engine,
+      slots=args.clients,
+      max_new_tokens=args.max_tokens,
     )
-  print(f"  batches: {batcher.batches} for {batcher.requests} requests")
-  httpd.shutdown()
-  batcher.close()
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    run_clients(url, lengths, args.clients)  # warm-up: compiles the shapes the measurement meets
+    for clients in (1, args.clients):
+      seconds, tokens = run_clients(url, lengths if clients > 1 else lengths[: max(8, len(lengths) // 8)], clients)
+      n = len(lengths) if clients > 1 else max(8, len(lengths) // 8)
+      print(f"| {engine} | {clients} | {n / seconds:.2f} | {tokens / seconds:.1f} | {seconds:.1f} |")
+    print(f"<!-- {engine} backend counters: {backend.stats()} -->")
+    httpd.shutdown()
+    httpd.server_close()
+    backend.close()
 
 
 if __name__ == "__main__":

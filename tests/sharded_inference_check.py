@@ -2,7 +2,8 @@
 
 Run as a script (the device count must be set before JAX starts):
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharded_inference_check.py OUT.npz
-Writes `<mesh>:tokens` and `<mesh>:logprobs` for "single", "data8", "fsdp8" and "mixed".
+Writes `<mesh>:tokens`, `<mesh>:logprobs` and `<mesh>:engine_tokens` (the continuous engine's greedy tokens) for
+"single", "data8", "fsdp8" and "mixed".
 """
 
 import sys
@@ -13,6 +14,7 @@ from flax import nnx
 from tiny_models import tiny_model
 from update_check import RULES
 
+from opid_jax.generation.engine import ContinuousEngine
 from opid_jax.generation.sampler import Sampler, SamplingParams
 from opid_jax.model.sharding import use_rules
 from opid_jax.parallel import mesh as mesh_lib
@@ -46,19 +48,28 @@ def run(sizes):
   with use_rules(mesh, RULES if sizes else ()):
     sampler = Sampler(model, [STOP_ID], PAD_ID, prompt_buckets=(32,), batch_buckets=(8,))
     out = sampler.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=12))
+    # The continuous engine: 4 slots for 8 prompts, so requests also queue for slots freed on the mesh.
+    engine = ContinuousEngine(
+      model, [STOP_ID], PAD_ID, slots=4, max_new_tokens=12, decode_steps=4, prompt_buckets=(32,)
+    )
+    engine_out = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=12))
     scorer = Scorer(model, PAD_ID, micro_batch=8, chunk_size=8, prompt_buckets=(32,), response_buckets=(16,))
     scored = scorer.score(prompts, out.tokens, temperature=0.7)
   tokens = np.full((len(prompts), 12), -1, np.int32)
+  engine_tokens = np.full((len(prompts), 12), -1, np.int32)
+  for i, ids in enumerate(engine_out.tokens):
+    engine_tokens[i, : len(ids)] = ids
   logprobs = np.zeros((len(prompts), 12), np.float32)
   for i, (ids, lp) in enumerate(zip(out.tokens, scored.logprobs)):
     tokens[i, : len(ids)] = ids
     logprobs[i, : len(lp)] = lp
-  return tokens, logprobs
+  return tokens, logprobs, engine_tokens
 
 
 if __name__ == "__main__":
   results = {}
   for name, sizes in MESHES.items():
-    tokens, logprobs = run(sizes)
+    tokens, logprobs, engine_tokens = run(sizes)
     results[f"{name}:tokens"], results[f"{name}:logprobs"] = tokens, logprobs
+    results[f"{name}:engine_tokens"] = engine_tokens
   np.savez(sys.argv[1], **results)

@@ -147,6 +147,8 @@ def test_sharded_generation_and_scoring_equal_one_device(tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   got = dict(np.load(out))
   assert len(set(got["single:tokens"].ravel().tolist())) > 20  # varied text, not one repeated token
+  np.testing.assert_array_equal(got["single:engine_tokens"], got["single:tokens"])
   for mesh in ("data8", "fsdp8", "mixed"):
     np.testing.assert_array_equal(got[f"{mesh}:tokens"], got["single:tokens"], err_msg=mesh)
+    np.testing.assert_array_equal(got[f"{mesh}:engine_tokens"], got["single:tokens"], err_msg=mesh)
     np.testing.assert_allclose(got[f"{mesh}:logprobs"], got["single:logprobs"], atol=3e-4, err_msg=mesh)

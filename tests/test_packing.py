@@ -75,6 +75,13 @@ def test_units_share_a_row():
   assert row_of[0] == row_of[5] and row_of[2] == row_of[3]
 
 
+def test_a_unit_longer_than_a_row_is_split_and_counted():
+  lengths = [60, 70, 30, 20]
+  units = [[0, 1], [2, 3]]
+  assert packing.fit_units(lengths, units, 128) == [[0], [1], [2, 3]]
+  assert packing.split_units(lengths, units, 128) == 1 and packing.split_units(lengths, units, 130) == 0
+
+
 def test_no_token_attends_across_segments():
   """The log-probs of the second sample in a row do not move when the first sample's tokens change."""
   model = tiny_model(seed=4)

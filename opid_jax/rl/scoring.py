@@ -148,6 +148,7 @@ class ScoreOutput:
   entropy: list[np.ndarray] | None
   processed_tokens: int = 0  # token slots run through the model, padding included
   real_tokens: int = 0  # prompt + response tokens of the samples
+  split_units: int = 0  # units of several samples too long for one packed row (scored in several rows)
 
   @property
   def pad_share(self) -> float:
@@ -206,6 +207,9 @@ class Scorer:
     if not prompts:
       return out
     batches = self._packed(prompts, responses, units) if self.packing else self._padded(prompts, responses)
+    if self.packing and units is not None:
+      lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+      out.split_units = packing.split_units(lengths, units, self.packing.pack_length)
     for micro, placement in batches:
       chunk = min(self.chunk_size, micro["response_ids"].shape[1])
       lp, ent = score_micro_batch(

@@ -253,6 +253,9 @@ def run_iteration(run: Run, iteration: int, timer: metrics_lib.PhaseTimer) -> tu
   processed = sum(o.processed_tokens for o in score_outputs)
   if processed:
     adv_metrics["perf/pad_share_score"] = 1.0 - sum(o.real_tokens for o in score_outputs) / processed
+  if settings.skills_enabled and config.train.packing:
+    # No-skill and skill prompts of a step longer together than a packed row are scored in different rows.
+    adv_metrics["perf/split_skill_pairs"] = sum(o.split_units for o in score_outputs)
   with timer.phase("update"):
     ppo_metrics = _update(run, samples, iteration, settings.use_reference)
   metrics = {**eval_tables.trajectory_metrics(trajectories), **adv_metrics, **ppo_metrics}
