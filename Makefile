@@ -40,7 +40,7 @@ format: setup-test
 	$(VENV)/bin/ruff check --fix .
 
 test: lint
-	HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu ALFWORLD_ARCHIVE=$(ALFWORLD_ARCHIVE) $(PY) -m pytest -x -q
+	HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu ALFWORLD_ARCHIVE=$(ALFWORLD_ARCHIVE) $(PY) -m pytest -x -q --durations=25
 
 test-fast: setup-test
 	HF_HUB_OFFLINE=1 JAX_PLATFORMS=cpu ALFWORLD_ARCHIVE=$(ALFWORLD_ARCHIVE) $(PY) -m pytest -x -q -m "not slow"

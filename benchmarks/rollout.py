@@ -265,7 +265,7 @@ def main() -> None:
   parser.add_argument("--shape", default="tiny", choices=sorted(accelerator.SHAPES))
   parser.add_argument("--episodes", type=int, default=64)
   parser.add_argument("--turns", type=int, default=10)
-  parser.add_argument("--slots", type=int, default=64)
+  parser.add_argument("--slots", type=int, default=None, help="default: 64 (synthetic), one per env (alfworld)")
   parser.add_argument("--decode_steps", type=int, default=8)
   parser.add_argument("--max_prompt", type=int, default=512)
   parser.add_argument("--max_response", type=int, default=512)
@@ -279,8 +279,10 @@ def main() -> None:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", default="")
   args = parser.parse_args()
+  if args.slots is None:
+    args.slots = 64 if args.mode == "synthetic" else 0
   if args.quick:
-    args.episodes, args.turns, args.slots = min(args.episodes, 8), min(args.turns, 3), min(args.slots, 8)
+    args.episodes, args.turns, args.slots = min(args.episodes, 8), min(args.turns, 3), min(args.slots or 8, 8)
     args.max_prompt, args.max_response = min(args.max_prompt, 64), min(args.max_response, 64)
     args.tasks, args.group, args.steps = min(args.tasks, 2), min(args.group, 2), min(args.steps, 3)
   result = synthetic(args) if args.mode == "synthetic" else alfworld(args)
