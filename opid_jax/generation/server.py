@@ -223,6 +223,12 @@ class Handler(BaseHTTPRequestHandler):
     self._event("[DONE]")
 
 
+class _Server(ThreadingHTTPServer):
+  # Many clients connect at once while the engine thread holds the GIL between device calls: a longer accept queue
+  # than socketserver's 5 keeps the kernel from resetting their connections.
+  request_queue_size = 256
+
+
 def make_handler(state: ServerState) -> type[Handler]:
   return type("BoundHandler", (Handler,), {"state": state})
 
@@ -276,7 +282,7 @@ def build_server(
     max_body_bytes,
   )
   try:
-    server = ThreadingHTTPServer((host, port), make_handler(state))
+    server = _Server((host, port), make_handler(state))
   except OSError:
     if built:
       backend.close()
