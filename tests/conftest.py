@@ -17,6 +17,17 @@ CHATML_TEMPLATE = (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def fresh_jax_caches():
+  """Each test module leaves JAX's caches empty behind it: with a whole suite's compilations kept in one process,
+  XLA's CPU compiler once crashed (a segfault inside backend_compile) near the end of `make test`, while the same
+  tests pass alone."""
+  yield
+  import jax
+
+  jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def alfworld_games(tmp_path_factory) -> str:
   """A data dir holding the ALFWorld evaluation splits (valid_seen, valid_unseen), unpacked once."""
