@@ -56,7 +56,8 @@ def run_groups_pipelined(
   """`rollout.run_groups` through a continuous generator. `stats` (when given) gains env_busy_seconds (wall time
   with an env request in flight) and env_exposed_seconds (of it, time the loop waited on envs with nothing to
   decode); the difference is env time hidden behind decoding."""
-  waiting = collections.deque(group_tasks(task_ids, group_size, first_group_id, first_traj_id))
+  planned = group_tasks(task_ids, group_size, first_group_id, first_traj_id)
+  waiting = collections.deque(planned)
   total = len(waiting)
   trajectories: dict[int, Trajectory] = {}
   starting: dict[int, tuple] = {}  # env -> (episode tuple, reset result once it came)
@@ -120,8 +121,7 @@ def run_groups_pipelined(
   if stats is not None:
     stats["env_busy_seconds"] = stats.get("env_busy_seconds", 0.0) + busy_s
     stats["env_exposed_seconds"] = stats.get("env_exposed_seconds", 0.0) + exposed_s
-  order = [traj_id for _, traj_id, _ in group_tasks(task_ids, group_size, first_group_id, first_traj_id)]
-  return [trajectories[traj_id] for traj_id in order]
+  return [trajectories[traj_id] for _, traj_id, _ in planned]
 
 
 def play_groups(pool: EnvPool, generator, tokenizer: Any, task_ids: Sequence[str], group_size: int, agent, **kw):
