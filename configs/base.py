@@ -68,6 +68,8 @@ def get_config():
       data_dir="data/alfworld",
       train_split="train",
       eval_split="valid_unseen",  # ALFWorld: one split or several joined by commas (rows per split)
+      train_games="",  # ALFWorld: a file of task ids, one per line, used instead of train_split's games
+      eval_games="",  # ALFWorld: the same for evaluation (rows per split the ids name), instead of eval_split
       num_workers=4,
       step_timeout_s=120.0,
       retriever_url="http://127.0.0.1:8000/retrieve",  # search_qa: a Search-R1 /retrieve server

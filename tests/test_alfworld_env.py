@@ -108,3 +108,45 @@ def test_memoized_textworld_plays_exactly_like_plain_textworld(alfworld_games):
         transcript.append((result.observation, result.admissible_actions))
     transcripts.append(transcript)
   assert transcripts[0] == transcripts[1]
+
+
+def test_game_lists_round_trip_and_refuse_typos_and_repeats(alfworld_games, tmp_path):
+  games = list_games(alfworld_games, "valid_unseen")[:3] + list_games(alfworld_games, "valid_seen")[:2]
+  path = str(tmp_path / "games.txt")
+  alfworld.write_game_list(path, games, header="five games\nfrom two splits")
+  assert open(path).read().startswith("# five games\n# from two splits\n")
+  assert alfworld.read_game_list(alfworld_games, path) == games  # the file's order, comments skipped
+  for lines, problem in (
+    ([games[0], games[0]], "more than once"),
+    ([games[0], games[0].replace("trial_", "trail_")], "not under"),
+    (["test/" + games[0].split("/", 1)[1]], "not under"),
+    (["# nothing but a comment"], "names no game"),
+  ):
+    with open(path, "w") as f:
+      f.write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=problem):
+      alfworld.read_game_list(alfworld_games, path)
+  with pytest.raises(FileNotFoundError):
+    alfworld.read_game_list(alfworld_games, str(tmp_path / "absent.txt"))
+
+
+def test_env_setup_takes_game_lists_instead_of_splits(alfworld_games, tmp_path):
+  import ml_collections
+
+  from configs import base
+  from opid_jax.agent import env_setup
+  from opid_jax.errors import UserError
+
+  c = base.get_config()
+  seen = list_games(alfworld_games, "valid_seen")
+  train_path, eval_path = str(tmp_path / "train.txt"), str(tmp_path / "eval.txt")
+  alfworld.write_game_list(train_path, seen[:4])
+  alfworld.write_game_list(eval_path, seen[4:6] + list_games(alfworld_games, "valid_unseen")[:1])
+  env_cfg = ml_collections.ConfigDict({**c.env.to_dict(), "data_dir": alfworld_games, "train_split": "valid_seen"})
+  assert env_setup.build(env_cfg, c.rollout).train_tasks == seen
+  env_cfg.update(train_games=train_path, eval_games=eval_path)
+  setup = env_setup.build(env_cfg, c.rollout)
+  assert setup.train_tasks == seen[:4] and len(setup.eval_tasks) == 3 and setup.eval_tasks[:2] == seen[4:6]
+  env_cfg.eval_games = str(tmp_path / "absent.txt")
+  with pytest.raises(UserError, match="no ALFWorld game list"):
+    env_setup.build(env_cfg, c.rollout)

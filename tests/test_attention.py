@@ -84,7 +84,30 @@ CASES = {
   "packed MQA": (packed(200, [[100, 90], [7, 8, 9, 100]]), 1, 4, 48, 64),
   "left-padded MQA, one clipped block": (left_padded(131, [120, 1]), 1, 4, 512, 512),
   "packed GQA, many small blocks": (packed(160, [[70, 80], [159]]), 2, 2, 32, 16),
+  "packed, one row, samples across blocks": (packed(256, [[40, 100, 20, 60]]), 2, 2, 32, 32),
+  "packed, two rows, ragged q and k blocks": (packed(240, [[90, 30, 100], [17, 150, 50]]), 1, 2, 48, 32),
 }
+
+
+def test_chunked_skips_block_pairs_of_other_samples_and_above_the_diagonal():
+  """Blocks of 4 tokens, samples 1 (tokens 0-5), 2 (6-13), 3 (14-15): block pairs (query block, key block) that
+  hold no pair of one sample, or lie above the diagonal, are skipped; padding (0) only meets padding."""
+  segments = jnp.asarray(packed(20, [[6, 8, 2]]))
+  got = np.asarray(attention._block_visibility(segments, segments, 4, 4))
+  want = np.array(
+    [  # key blocks 0-4; query blocks 0-4 (tokens 4i..4i+3: {1}, {1,2}, {2}, {2,3}, {0})
+      [1, 0, 0, 0, 0],
+      [1, 1, 0, 0, 0],
+      [0, 1, 1, 0, 0],
+      [0, 1, 1, 1, 0],
+      [0, 0, 0, 0, 1],
+    ],
+    bool,
+  )
+  np.testing.assert_array_equal(got, want)
+  # Two rows: a block pair runs when any row needs it.
+  two = jnp.asarray(np.concatenate([packed(20, [[6, 8, 2]]), packed(20, [[20]])]))
+  np.testing.assert_array_equal(attention._block_visibility(two, two, 4, 4), np.tril(np.ones((5, 5), bool)))
 
 
 def test_xla_equals_a_dense_float64_reference():

@@ -93,6 +93,7 @@ def smoke(overrides):
       "analyzer.max_step_skills=0 with opid.routing=step_only injects no skill",
     ),
     ({"env.step_timeout_s": 0.0}, "env.step_timeout_s=0.0 must be > 0.0"),
+    ({"env.train_games": "games.txt"}, "env.train_games lists ALFWorld games but env.name=counting"),
     ({"analyzer.concurrency": 0}, "analyzer.concurrency=0 must be >= 1"),
     ({"analyzer.timeout_s": 0.0}, "analyzer.timeout_s=0.0 must be > 0.0"),
   ],

@@ -176,7 +176,7 @@ def hand_activations(hf, rows, t, attention, tensor=1):
   one_layer = rows * t * (10 * d + 3 * (f // tensor)) * 2
   scores = {
     "xla": rows * heads * min(256, t) * t * 4 + rows * t * t,  # one 256-query block of scores, the bool mask
-    "chunked": rows * heads * min(512, t) ** 2 * 4 + rows * heads * t * 4,  # one 512 x 512 block, softmax stats
+    "chunked": rows * heads * min(256, t) ** 2 * 4 + rows * heads * t * 4,  # one 256 x 256 block, softmax stats
     "cudnn": rows * heads * t * 4,  # softmax statistics only
   }[attention]
   logits = rows * 64 * vocab * 4 * 3

@@ -57,8 +57,15 @@ def _alfworld(env_cfg, rollout_cfg) -> EnvSetup:
 
   _require_path(env_cfg.data_dir, "ALFWorld data", "run `make data` or `alfworld-download`, then set env.data_dir")
   try:
-    train = alfworld.list_games(env_cfg.data_dir, env_cfg.train_split)
-    evals = [g for split in env_cfg.eval_split.split(",") for g in alfworld.list_games(env_cfg.data_dir, split.strip())]
+    if env_cfg.train_games:
+      train = alfworld.read_game_list(env_cfg.data_dir, env_cfg.train_games)
+    else:
+      train = alfworld.list_games(env_cfg.data_dir, env_cfg.train_split)
+    if env_cfg.eval_games:
+      evals = alfworld.read_game_list(env_cfg.data_dir, env_cfg.eval_games)
+    else:
+      splits = env_cfg.eval_split.split(",")
+      evals = [g for split in splits for g in alfworld.list_games(env_cfg.data_dir, split.strip())]
   except (FileNotFoundError, ValueError) as e:
     raise UserError(str(e)) from None
   factory = functools.partial(alfworld.AlfworldEnv, data_dir=env_cfg.data_dir, max_steps=rollout_cfg.max_steps)

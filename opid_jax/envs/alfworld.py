@@ -71,6 +71,35 @@ def list_games(
   return sorted(found)
 
 
+def read_game_list(data_dir: str, path: str) -> list[str]:
+  """Task ids from a text file, one per line (blank lines and `#` comments skipped), in the file's order. Every id
+  must name a game under DATA_DIR and appear once: a list is a fixed experimental set, and a typo or a duplicate
+  would silently change it."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no ALFWorld game list at {path}")
+  with open(path) as f:
+    ids = [line.split("#", 1)[0].strip() for line in f]
+  ids = [i for i in ids if i]
+  if not ids:
+    raise ValueError(f"the ALFWorld game list {path} names no game")
+  repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+  if repeated:
+    raise ValueError(f"the ALFWorld game list {path} names {repeated[0]} more than once")
+  root = games_root(data_dir)
+  missing = [i for i in ids if i.split("/")[0] not in SPLITS or not os.path.isfile(os.path.join(root, i))]
+  if missing:
+    raise ValueError(f"the ALFWorld game list {path} names {len(missing)} games not under {root}, e.g. {missing[0]}")
+  return ids
+
+
+def write_game_list(path: str, task_ids: list[str], header: str = "") -> None:
+  """The inverse of read_game_list: `# header` lines, then one id per line."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "w") as f:
+    f.writelines(f"# {line}\n" for line in header.splitlines())
+    f.writelines(f"{i}\n" for i in task_ids)
+
+
 def _is_solvable(path: str) -> bool:
   with open(path) as f:
     return bool(json.load(f).get("solvable", True))

@@ -3,6 +3,8 @@ with no analyzer and no skills; the table lands in WORKDIR/eval_<split>.json and
 
 from __future__ import annotations
 
+import os
+
 import jax
 from etils import epath
 from flax import nnx
@@ -48,11 +50,14 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
     table, _ = tables.evaluate(
       pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens, r.truncation_side, progress=True
     )
-  name = f"eval_{config.env.eval_split.replace(',', '+')}"
+  games = config.env.eval_games
+  split = os.path.splitext(os.path.basename(games))[0] if games else config.env.eval_split
+  name = f"eval_{split.replace(',', '+')}"
   report = {
     "checkpoint_iteration": step,
     "model": config.model.path,
-    "split": config.env.eval_split,
+    "split": split,
+    "games": games,
     "tasks": len(tasks),
     "temperature": r.eval_temperature,
     "table": table,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Sequence
 
 import jax
@@ -52,3 +53,13 @@ def constrain(x: jax.Array, axes: LogicalAxes) -> jax.Array:
     return x
   mesh, rules = active
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, rules)))
+
+
+def fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh) -> PartitionSpec:
+  """Drops mesh axes from the dimensions they do not divide (e.g. 2 kv heads on a tensor axis of 4)."""
+  fitted = []
+  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    size = math.prod(mesh.shape[a] for a in axes)
+    fitted.append(entry if axes and dim % size == 0 else None)
+  return PartitionSpec(*fitted)

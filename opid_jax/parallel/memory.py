@@ -17,8 +17,8 @@ compute dtype c bytes, L layers, hidden D, MLP F, heads H, vocabulary V, t = the
 Attention term A, by `model.attention`:
   xla: float32 scores of one 256-query block against every key, r*(H/t)*min(256, T)*T*4 (the blocks run under
     jax.checkpoint, see `attend_masked` in model/attention.py), plus the boolean [r, T, T] mask it builds, r*T*T.
-  chunked: one 512 x 512 block of float32 scores at a time (query blocks x key blocks) plus the float32 softmax
-    statistics kept for the backward, r*(H/t)*min(512, T)**2*4 + r*(H/t)*T*4.
+  chunked: one 256 x 256 block of float32 scores at a time (query blocks x key blocks) plus the float32 softmax
+    statistics kept for the backward, r*(H/t)*min(256, T)**2*4 + r*(H/t)*T*4.
   splash, cudnn (fused flash kernels): score tiles live in on-chip memory; HBM holds the float32 softmax
     statistics only (log-sum-exp per query and head), r*(H/t)*T*4.
   auto: on an accelerator (what the planner models) the fused kernel, splash on TPU, cudnn on GPU.
@@ -36,7 +36,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh
 
 from opid_jax.errors import UserError
-from opid_jax.model.attention import IMPLEMENTATIONS, QUERY_BLOCK
+from opid_jax.model.attention import CHUNKED_BLOCK, IMPLEMENTATIONS, QUERY_BLOCK
 from opid_jax.model.config import ModelConfig
 from opid_jax.model.decoder import abstract_model
 from opid_jax.parallel import mesh as mesh_lib
@@ -49,7 +49,7 @@ LOGIT_CHUNK = 64
 TPU_DEVICES = ("v5e", "v4", "v5p")
 ATTENTION = IMPLEMENTATIONS
 FUSED_ATTENTION = ("cudnn", "splash")
-KEY_BLOCK = 512  # queries and keys per block of the chunked attention
+KEY_BLOCK = CHUNKED_BLOCK  # queries and keys per block of the chunked attention
 
 
 @dataclasses.dataclass(frozen=True)

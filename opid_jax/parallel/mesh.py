@@ -10,7 +10,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from opid_jax.errors import UserError
-from opid_jax.model.sharding import logical_to_spec
+from opid_jax.model.sharding import fit_spec, logical_to_spec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -39,21 +39,11 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
   return Mesh(np.array(devices).reshape(shape), MESH_AXES)
 
 
-def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-  """Drops mesh axes from dimensions they do not divide (e.g. 2 KV heads on a tensor axis of 4)."""
-  fitted = []
-  for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
-    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    fitted.append(entry if axes and dim % size == 0 else None)
-  return PartitionSpec(*fitted)
-
-
 def variable_sharding(var: nnx.Variable, mesh: Mesh, rules) -> NamedSharding:
   """The NamedSharding of one parameter, from its `logical_axes` metadata and the rules."""
   axes = var.get_metadata().get("logical_axes")
   spec = logical_to_spec(axes, rules) if axes else PartitionSpec()
-  return NamedSharding(mesh, _fit_spec(spec, var.shape, mesh))
+  return NamedSharding(mesh, fit_spec(spec, var.shape, mesh))
 
 
 def param_shardings(state, mesh: Mesh, rules) -> object:

@@ -75,6 +75,9 @@ def validate(c) -> None:
   _one_of("env.name", c.env.name, ENV_NAMES)
   _at_least("env.num_workers", c.env.num_workers, 1)
   _above("env.step_timeout_s", c.env.step_timeout_s, 0.0)
+  for key in ("train_games", "eval_games"):
+    if c.env.get(key) and c.env.name != "alfworld":
+      raise UserError(f"env.{key} lists ALFWorld games but env.name={c.env.name}; leave it empty")
   _validate_analyzer(c.analyzer, algo_rows.needs_analyzer(c))
   _validate_opid(c.opid, c.analyzer)
   _validate_ppo(c.ppo)
