@@ -370,14 +370,19 @@ def parse_args(argv=None):
     "evaluation are estimated from it)",
   )
   p.add_argument("--short", action="store_true", help="a few-minute version: tiny policy, one iteration (CI)")
-  args = p.parse_args(argv)
+  return resolve_common_args(p, p.parse_args(argv), VARIANTS, "results/cpu_study")
+
+
+def resolve_common_args(p, args, variants, default_store: str):
+  """What both study scripts' arguments share: --variants and --seeds as lists, the store (none with --short
+  unless given), --until as a time, the data dir as an absolute path that exists."""
   args.variants = [v for v in args.variants.split(",") if v]
-  unknown = [v for v in args.variants if v not in VARIANTS]
+  unknown = [v for v in args.variants if v not in variants]
   if unknown:
-    p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    p.error(f"unknown variants {unknown}; choose from {list(variants)}")
   args.seeds = [int(s) for s in args.seeds.split(",") if s]
   if args.store is None:
-    args.store = "" if args.short else "results/cpu_study"
+    args.store = "" if args.short else default_store
   args.store = os.path.abspath(args.store) if args.store else ""
   try:
     args.until = datetime.datetime.fromisoformat(args.until) if args.until else None
@@ -390,11 +395,13 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
-  args = parse_args(argv)
+  run_stages(Study(parse_args(argv)), ("sft", "probe", "tune", "initial", "runs", "report"))
+
+
+def run_stages(study, every: tuple[str, ...]) -> None:
+  """Runs --stage (all: every stage in order), each a method of the study; SIGTERM stops after the running piece."""
   signal.signal(signal.SIGTERM, _stop_gracefully)
-  study = Study(args)
-  stages = ("sft", "probe", "tune", "initial", "runs", "report") if args.stage == "all" else (args.stage,)
-  for stage in stages:
+  for stage in every if study.args.stage == "all" else (study.args.stage,):
     print(f"== {stage}", flush=True)
     result = getattr(study, stage)()
     if stage == "report":

@@ -82,6 +82,10 @@ def test_shrunk_demo_end_to_end(alfworld_games, tmp_path):
   assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
   assert (workdir / "config.json").exists() and (workdir / "tb").is_dir()
   assert (workdir / "eval" / "iter_000000.md").exists() and (workdir / "eval" / "iter_000001.md").exists()
+  games = json.loads((workdir / "eval" / "iter_000001.games.json").read_text())  # one outcome per evaluated game
+  table = json.loads((workdir / "eval" / "iter_000001.json").read_text())
+  assert len(games) == table["all"]["episodes"] and all(g.startswith("valid_unseen/") for g in games)
+  assert sum(g["won"] for g in games.values()) == round(table["all"]["success"] * len(games))
 
   dump = workdir / "trajectories" / "iter_000001.jsonl"
   trajectories = [json.loads(line) for line in dump.read_text().splitlines()]

@@ -47,7 +47,7 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
     num_workers=config.env.num_workers,
     timeout_s=config.env.step_timeout_s,
   ) as pool:
-    table, _ = tables.evaluate(
+    table, trajectories = tables.evaluate(
       pool, policy, loaded.tokenizer, env.agent, tasks, r.max_prompt_tokens, r.truncation_side, progress=True
     )
   games = config.env.eval_games
@@ -63,5 +63,5 @@ def evaluate_run(config, workdir: str, num_tasks: int = 0) -> tuple[dict, str]:
     "table": table,
   }
   base = epath.Path(workdir) / name
-  tables.write_table(workdir, name, table, report=report)
+  tables.write_table(workdir, name, table, report=report, trajectories=trajectories)
   return table, str(base)

@@ -107,9 +107,15 @@ def markdown_table(table: dict[str, dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def write_table(folder: str, name: str, table: dict[str, dict[str, float]], report: dict | None = None) -> None:
-  """FOLDER/NAME.json (the `report` dict, or the table alone) and FOLDER/NAME.md (the markdown table); local or
-  gs://."""
+def write_table(
+  folder: str,
+  name: str,
+  table: dict[str, dict[str, float]],
+  report: dict | None = None,
+  trajectories: Sequence[Trajectory] = (),
+) -> None:
+  """FOLDER/NAME.json (the `report` dict, or the table alone) and FOLDER/NAME.md (the markdown table); with
+  trajectories also FOLDER/NAME.games.json, each game's outcome (for comparisons paired by game); local or gs://."""
   import json
 
   from etils import epath
@@ -118,3 +124,10 @@ def write_table(folder: str, name: str, table: dict[str, dict[str, float]], repo
   out.mkdir(parents=True, exist_ok=True)
   (out / f"{name}.json").write_text(json.dumps(report if report is not None else table, indent=2))
   (out / f"{name}.md").write_text(markdown_table(table) + "\n")
+  if trajectories:
+    (out / f"{name}.games.json").write_text(json.dumps(game_outcomes(trajectories), indent=0))
+
+
+def game_outcomes(trajectories: Sequence[Trajectory]) -> dict[str, dict[str, float]]:
+  """task id -> {"won": 0 or 1, "length": steps} (one episode per task, as `evaluate` plays them)."""
+  return {t.task_id: {"won": int(bool(t.won)), "length": t.length} for t in trajectories}

@@ -55,6 +55,11 @@ def select_games(data_dir: str, split: str, num_games: int, seed: int) -> list[s
     games = alfworld.list_games(data_dir, split)
   except (FileNotFoundError, ValueError) as e:
     raise UserError(str(e)) from None
+  return choose_games(games, num_games, seed)
+
+
+def choose_games(games: list[str], num_games: int, seed: int) -> list[str]:
+  """The first `num_games` of `games` (a sorted split listing) in a seeded order; all of them when num_games <= 0."""
   order = np.random.RandomState(seed).permutation(len(games))
   chosen = [games[i] for i in order]
   return chosen[:num_games] if num_games > 0 else chosen

@@ -387,9 +387,10 @@ def _evaluate(run: Run, iteration: int, agent, prefix: str, table_name: str) -> 
   finally:
     if pool is not run.pool:
       pool.close()
-  table = eval_tables.per_task_type(distributed.concat_across_processes(trajectories))
+  trajectories = distributed.concat_across_processes(trajectories)
+  table = eval_tables.per_task_type(trajectories)
   if jax.process_index() == 0:
-    eval_tables.write_table(os.path.join(run.workdir, "eval"), table_name, table)
+    eval_tables.write_table(os.path.join(run.workdir, "eval"), table_name, table, trajectories=trajectories)
   metrics = {f"{prefix}/{k}": v for k, v in table["all"].items()}
   for name, row in table.items():
     if name.startswith("split:"):

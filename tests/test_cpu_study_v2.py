@@ -1,0 +1,140 @@
+"""Study v2: the committed game lists are fixed (re-derived from the archive's listing they come out the same) and
+disjoint where the plan says so; the study script's short form runs the screening and E1 end to end on real games,
+restores from its store and writes the report under the plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+from conftest import ALFWORLD_ARCHIVE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import study_v2_lists as lists  # noqa: E402
+
+from opid_jax.envs.alfworld import GAME_FILE, task_type_of  # noqa: E402
+
+GAMES = os.path.join(ROOT, "results", "cpu_study_v2", "games")
+
+
+@pytest.fixture(scope="module")
+def split_listing() -> dict[str, list[str]]:
+  """Every split's sorted task ids, from the archive's member names (no unpacking)."""
+  found: dict[str, set] = {}
+  with tarfile.open(ALFWORLD_ARCHIVE, "r:gz") as tar:
+    for member in tar:
+      if member.name.endswith("/" + GAME_FILE):
+        task_id = member.name.split("/", 1)[1]
+        found.setdefault(task_id.split("/")[0], set()).add(task_id)
+  return {split: sorted(ids) for split, ids in found.items()}
+
+
+def committed(name: str) -> list[str]:
+  with open(os.path.join(GAMES, f"{name}.txt")) as f:
+    return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def test_committed_lists_are_their_derivation_and_disjoint(split_listing):
+  train = split_listing["train"]
+  sft = lists.sft_games(train, lists.FULL)
+  assert len(train) == 3553 and len(sft) == 800
+  screen = committed("screen")
+  assert screen == lists.screen_list(train, lists.FULL)
+  assert len(screen) == 300 and not set(screen) & sft
+  e2 = {name: committed(name) for name in ("e2_pool", "e2_train")}
+  assert e2 == lists.e2_lists(train, lists.FULL)
+  assert len(e2["e2_pool"]) == 1000 and not set(e2["e2_pool"]) & sft
+  assert not set(e2["e2_pool"]) & set(e2["e2_train"]) and len(e2["e2_pool"]) + len(e2["e2_train"]) == len(train)
+  if os.path.exists(os.path.join(GAMES, "e1_eval.txt")):  # written once the screening has run
+    e1 = {name: committed(name) for name in ("e1_heldout", "e1_train", "e1_eval")}
+    types = sorted({task_type_of(g) for g in e1["e1_eval"]})
+    valid = split_listing["valid_seen"] + split_listing["valid_unseen"]
+    assert e1 == lists.e1_lists(train, valid, types, screen, lists.FULL)
+    assert len(e1["e1_heldout"]) == 200 and not set(e1["e1_heldout"]) & (sft | set(screen))
+    assert not set(e1["e1_train"]) & set(e1["e1_eval"])
+    assert {task_type_of(g) for g in e1["e1_train"]} == set(types)
+
+
+def test_e1_types_are_those_at_or_under_two_percent():
+  def outcomes(successes: dict[str, int], n: int = 50) -> dict:
+    games = {}
+    for t, won in successes.items():
+      games.update({f"train/{t}-x-None-y-1/trial_{i}/{GAME_FILE}": {"won": int(i < won)} for i in range(n)})
+    return games
+
+  got = lists.e1_types(outcomes({"pick_two_obj_and_place": 0, "pick_cool_then_place_in_recep": 1}), lists.FULL)
+  assert got == ["pick_cool_then_place_in_recep", "pick_two_obj_and_place"]  # TASK_TYPES order
+  assert lists.e1_types(outcomes({"pick_two_obj_and_place": 2}), lists.FULL) == []
+
+
+def test_paired_contrasts_and_verdicts():
+  import study_v2_report as report
+
+  low, high = report.t_interval([0.02, 0.04, 0.06], 0.95)  # mean 0.04, sd 0.02, t(0.975, 2) = 4.303
+  assert (low, high) == pytest.approx((0.04 - 4.303 * 0.02 / 3**0.5, 0.04 + 4.303 * 0.02 / 3**0.5), abs=1e-4)
+  assert report.verdict(0.01, 0.03) == "for OPID" and report.verdict(-0.03, -0.01) == "against OPID"
+  assert report.verdict(-0.01, 0.03) == "unresolved at this power"
+  same = [{f"g{i}": {"won": i % 3 == 0} for i in range(30)}] * 3
+  better = [{f"g{i}": {"won": 1} for i in range(30)}] * 3
+  assert report.paired_bootstrap(same, same) == (0.0, 0.0)
+  low, high = report.paired_bootstrap(better, same)
+  assert 0.4 < low <= 2 / 3 <= high < 0.9
+
+
+@pytest.mark.slow
+def test_short_study_runs_screening_and_e1_and_reports(alfworld_games, tmp_path):
+  root, store = tmp_path / "study", tmp_path / "store"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
+  cmd = [
+    sys.executable,
+    "benchmarks/cpu_study_v2.py",
+    "--short",
+    f"--root={root}",
+    f"--store={store}",
+    f"--data_dir={alfworld_games}",
+    "--train_split=valid_unseen",
+    "--valid_splits=valid_seen",
+    "--variants=grpo,opid_l1",
+    "--seeds=0",
+  ]
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  games = store / "games"
+  screen = json.loads((root / "screen" / "eval.games.json").read_text())
+  assert sorted(screen) == sorted(committed_in(games, "screen")) and len(screen) == 6  # one game per type
+  e1_eval, e1_train = committed_in(games, "e1_eval"), committed_in(games, "e1_train")
+  assert e1_eval and e1_train and not set(e1_eval) & set(e1_train)
+  for variant in ("grpo", "opid_l1"):
+    run = root / "e1" / "runs" / f"{variant}_s0"
+    outcomes = json.loads((run / "eval" / "iter_000001.games.json").read_text())
+    assert sorted(outcomes) == sorted(e1_eval)  # evaluated on exactly the E1 list
+    assert (store / "e1" / "runs" / f"{variant}_s0" / "summary.md").exists()
+    config = json.loads((run / "config.json").read_text())
+    assert config["env"]["train_games"].endswith("e1_train.txt") and config["optim"]["lr"] == 1e-4
+  report = (root / "cpu_study_v2.md").read_text()
+  plan = open(os.path.join(ROOT, "results", "cpu_study_v2.md")).read()
+  assert report.startswith(plan[: plan.index("## Results")])  # the plan, word for word
+  assert "SHORT mode" in report and "| grpo | 1 |" in report and "| opid_l1 | 1 |" in report
+  assert "- opid_l1 − grpo: " in report and "(one seed: no interval, no verdict)" in report
+  # The machine loses ROOT: a second invocation restores everything from the store, runs nothing, same tables.
+  rows = [line for line in report.splitlines() if line.startswith(("| SFT start |", "| grpo |", "| opid_l1 |"))]
+  subprocess.run(["rm", "-rf", str(root)], check=True)
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "restored e1/runs/grpo_s0" in again.stdout and "run grpo seed 0" not in again.stdout
+  assert "screen:" not in again.stdout and "e1/initial:" not in again.stdout
+  rewritten = (root / "cpu_study_v2.md").read_text()
+  assert rows == [
+    line for line in rewritten.splitlines() if line.startswith(("| SFT start |", "| grpo |", "| opid_l1 |"))
+  ]
+
+
+def committed_in(folder, name: str) -> list[str]:
+  with open(folder / f"{name}.txt") as f:
+    return [line.strip() for line in f if line.strip() and not line.startswith("#")]
