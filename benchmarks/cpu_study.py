@@ -121,9 +121,11 @@ def run_module(
   extra: list[str] = (),
   until: datetime.datetime | None = None,
   minutes: float = 0.0,
+  code_tree: str = ROOT_DIR,
 ) -> float:
-  """Runs `python -m module` to the end (it resumes by itself); its output goes to WORKDIR/log.txt. With `until`,
-  a piece estimated to take `minutes` is not started when it would end after that time."""
+  """Runs `python -m module` to the end (it resumes by itself) in CODE_TREE, whose package and configs it uses; its
+  output goes to WORKDIR/log.txt. With `until`, a piece estimated to take `minutes` is not started when it would
+  end after that time."""
   if _CHILD["stop_requested"]:  # the stop came between two pieces: start nothing
     raise SystemExit(f"stopped on request before {workdir} started")
   if until is not None and datetime.datetime.now() + datetime.timedelta(minutes=minutes) > until:
@@ -142,7 +144,7 @@ def run_module(
   with open(os.path.join(workdir, "log.txt"), "a") as log:
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
-    _CHILD["process"] = subprocess.Popen(cmd, cwd=ROOT_DIR, stdout=log, stderr=subprocess.STDOUT)
+    _CHILD["process"] = subprocess.Popen(cmd, cwd=code_tree, stdout=log, stderr=subprocess.STDOUT)
     returncode = _CHILD["process"].wait()
     _CHILD["process"] = None
   if _CHILD["stop_requested"]:

@@ -7,6 +7,7 @@
   e1_eval.txt      e1_heldout + the valid_seen and valid_unseen games of E1's types  (E1's evaluation)
   e2_pool.txt      1,000 train games outside the SFT games, seeded order             (E2's held-out pool)
   e2_train.txt     every other train game                                            (E2's training games)
+  e2_eval.txt      valid_seen + valid_unseen + the pool's first N games (N: cpu_study_v2.heldout_size)
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ class Sizes:
   screen_max_share: float = 0.02  # a type joins E1 with at most this share of successes in its screening games
   e1_heldout: int = 200
   e2_pool: int = 1000
-  e1_valid_per_type: int = 0  # valid games of each E1 type in e1_eval (0: all of them)
+  e2_heldout_min: int = 500  # E2's held-out games: from this many, in steps of e2_heldout_step, up to e2_pool
+  e2_heldout_step: int = 100
+  valid_per_type: int = 0  # valid games of each task type in e1_eval and e2_eval (0: all of them)
 
 
 FULL = Sizes()
 SHORT = Sizes(
-  sft_games=40, screen_per_type=1, e1_heldout=3, e2_pool=6, e1_valid_per_type=1
+  sft_games=40, screen_per_type=1, e1_heldout=3, e2_pool=6, valid_per_type=1
 )  # for the valid splits of CI's data
 SEEDS = {"sft": 0, "screen": 0, "e1_heldout": 1, "e2_pool": 2}
 
@@ -69,8 +72,13 @@ def e1_lists(
   return {
     "e1_heldout": heldout,
     "e1_train": [g for g in of_types(train, types) if g not in kept],
-    "e1_eval": heldout + [g for t in types for g in of_types(valid, (t,))[: sizes.e1_valid_per_type or None]],
+    "e1_eval": heldout + valid_games(valid, types, sizes),
   }
+
+
+def valid_games(valid: list[str], types, sizes: Sizes) -> list[str]:
+  """The valid splits' games of `types` (with valid_per_type, the first that many of each type)."""
+  return [g for t in types for g in of_types(valid, (t,))[: sizes.valid_per_type or None]]
 
 
 def e2_lists(train: list[str], sizes: Sizes) -> dict[str, list[str]]:
@@ -78,3 +86,7 @@ def e2_lists(train: list[str], sizes: Sizes) -> dict[str, list[str]]:
   pool = choose_games([g for g in train if g not in sft], sizes.e2_pool, SEEDS["e2_pool"])
   kept = set(pool)
   return {"e2_pool": pool, "e2_train": [g for g in train if g not in kept]}
+
+
+def e2_eval(valid: list[str], pool: list[str], heldout: int, sizes: Sizes) -> list[str]:
+  return valid_games(valid, TASK_TYPES, sizes) + pool[:heldout]

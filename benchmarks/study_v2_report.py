@@ -116,21 +116,16 @@ def _metric_mean(rows: list[dict], key: str, last: int | None = None) -> float:
   return float(np.mean(values[-last:] if last else values)) if values else float("nan")
 
 
-def e1_section(reader: Reader, study) -> tuple[list[str], dict]:
-  from cpu_study_v2 import E1_VARIANTS, e1_piece
-
-  initial = reader.evaluation(os.path.join("e1", "initial"))
-  runs = {
-    v: {s: r for s in study.args.seeds if (r := reader.run(e1_piece(v, s))) is not None}
-    for v in study.args.variants
-    if v in E1_VARIANTS
+def collect(reader: Reader, pieces: dict[str, list[tuple[int, str]]]) -> dict:
+  """variant -> {seed: finished run}, from {variant: [(seed, piece)]} (unfinished runs left out)."""
+  return {
+    v: {seed: r for seed, piece in planned if (r := reader.run(piece)) is not None} for v, planned in pieces.items()
   }
-  splits = [study.args.train_split, *study.args.valid_splits]
+
+
+def success_table(runs: dict, initial, splits: list[str]) -> list[str]:
   head = "| variant | seeds | whole list | " + " | ".join(f"{s} games" for s in splits)
-  lines = [
-    head + " | skill share | approx-KL | rollout success (last 3 it.) |",
-    "|---" * (len(splits) + 6) + "|",
-  ]
+  lines = [head + " | skill share | approx-KL | rollout success (last 3 it.) |", "|---" * (len(splits) + 6) + "|"]
   if initial:
     table, _ = initial
     cells = [_pct(x) if (x := _split_success(table, s)) is not None else "—" for s in splits]
@@ -150,39 +145,40 @@ def e1_section(reader: Reader, study) -> tuple[list[str], dict]:
       + f" | {_mean_std(share)} | {np.mean(kl):.1e} | {_mean_std(rollout)} |"
     )
   lines += ["", "Success in %, mean ± std over seeds; skill share: the skill term's share of the advantage mass."]
-  return lines, runs
+  return lines
 
 
-def contrasts(runs: dict, planned_seeds: list[int]) -> list[str]:
-  lines = []
-  grpo = runs.get("grpo", {})
-  supports = False
-  for variant, seeds in runs.items():
-    if variant == "grpo":
-      continue
-    paired = [s for s in planned_seeds if s in seeds and s in grpo]
-    if len(paired) < len(planned_seeds):
-      lines.append(f"- {variant} − grpo: pending ({len(paired)} of {len(planned_seeds)} paired seeds finished).")
-      continue
-    diffs = [seeds[s]["table"]["all"]["success"] - grpo[s]["table"]["all"]["success"] for s in paired]
-    if len(diffs) < 2:
-      lines.append(f"- {variant} − grpo: {100 * diffs[0]:+.1f} points (one seed: no interval, no verdict).")
-      continue
-    low, high = t_interval(diffs, 0.95)
-    low_b, high_b = t_interval(diffs, 0.975)
-    boot = paired_bootstrap([seeds[s]["games"] for s in paired], [grpo[s]["games"] for s in paired])
-    supports |= low_b > 0
-    lines.append(
-      f"- {variant} − grpo: {100 * np.mean(diffs):+.1f} points (per seed: "
-      + ", ".join(f"{100 * d:+.1f}" for d in diffs)
-      + f"); 95 % t-interval [{100 * low:+.1f}, {100 * high:+.1f}]; 97.5 % [{100 * low_b:+.1f}, {100 * high_b:+.1f}];"
-      f" bootstrap 95 % [{100 * boot[0]:+.1f}, {100 * boot[1]:+.1f}]: **{verdict(low, high)}**."
-    )
-  complete = lines and not any("pending" in line or "one seed" in line for line in lines)
-  if complete:
+def contrast(runs: dict, variant: str, baseline: str, planned_seeds) -> tuple[str, float | None]:
+  """One paired contrast's line, and the lower end of its 97.5 % t-interval (None until it can be computed)."""
+  a, b = runs.get(variant, {}), runs.get(baseline, {})
+  paired = [s for s in planned_seeds if s in a and s in b]
+  name = f"{variant} − {baseline}"
+  if len(paired) < len(planned_seeds):
+    return f"- {name}: pending ({len(paired)} of {len(planned_seeds)} paired seeds finished).", None
+  diffs = [a[s]["table"]["all"]["success"] - b[s]["table"]["all"]["success"] for s in paired]
+  if len(diffs) < 2:
+    return f"- {name}: {100 * diffs[0]:+.1f} points (one seed: no interval, no verdict).", None
+  low, high = t_interval(diffs, 0.95)
+  low_b, high_b = t_interval(diffs, 0.975)
+  boot = paired_bootstrap([a[s]["games"] for s in paired], [b[s]["games"] for s in paired])
+  line = (
+    f"- {name}: {100 * np.mean(diffs):+.1f} points (per seed: "
+    + ", ".join(f"{100 * d:+.1f}" for d in diffs)
+    + f"); 95 % t-interval [{100 * low:+.1f}, {100 * high:+.1f}]; 97.5 % [{100 * low_b:+.1f}, {100 * high_b:+.1f}];"
+    f" bootstrap 95 % [{100 * boot[0]:+.1f}, {100 * boot[1]:+.1f}]: **{verdict(low, high)}**."
+  )
+  return line, low_b
+
+
+def e1_contrasts(runs: dict, planned_seeds) -> list[str]:
+  results = [contrast(runs, v, "grpo", planned_seeds) for v in runs if v != "grpo"]
+  lines = [line for line, _ in results]
+  lows = [low for _, low in results]
+  if lows and all(low is not None for low in lows):
+    supported = any(low > 0 for low in lows)
     lines.append(
       "- E1 as a whole (H1): "
-      + ("supported (a lambda's 97.5 % interval lies above 0)." if supports else "not supported at this power.")
+      + ("supported (a lambda's 97.5 % interval lies above 0)." if supported else "not supported at this power.")
     )
   return lines or ["(no finished run yet)"]
 
@@ -222,53 +218,135 @@ def plot(runs: dict, out: str) -> bool:
   return True
 
 
-def cost(reader: Reader, runs: dict) -> list[str]:
+def cost(reader: Reader, evaluations: list[str], runs: dict[str, dict]) -> list[str]:
+  """Wall time of the evaluation pieces and, per group of runs (label -> variant -> seeds), per run and phase."""
   lines = ["| piece | runs | wall min per run | " + " | ".join(f"{p} min" for p in PHASES) + " |"]
   lines.append("|---" * (len(PHASES) + 3) + "|")
   total = 0.0
-  for piece in ("screen", os.path.join("e1", "initial")):
+  for piece in evaluations:
     path = reader.path(piece, "time.json")
     if os.path.exists(path):
       seconds = json.load(open(path))["seconds"]
       total += seconds
       lines.append(f"| {piece} | 1 | {seconds / 60:.1f} |" + " — |" * len(PHASES))
-  for variant, seeds in runs.items():
-    if not seeds:
-      continue
-    per_run = [sum(r.get("time/step", 0.0) for r in s["rows"]) for s in seeds.values()]
-    total += sum(per_run)
-    phases = [np.mean([sum(r.get(f"time/{p}", 0.0) for r in s["rows"]) for s in seeds.values()]) for p in PHASES]
-    lines.append(
-      f"| {variant} | {len(seeds)} | {np.mean(per_run) / 60:.1f} | "
-      + " | ".join(f"{p / 60:.1f}" for p in phases)
-      + " |"
-    )
+  for label, group in runs.items():
+    for variant, seeds in group.items():
+      if not seeds:
+        continue
+      per_run = [sum(r.get("time/step", 0.0) for r in s["rows"]) for s in seeds.values()]
+      total += sum(per_run)
+      phases = [np.mean([sum(r.get(f"time/{p}", 0.0) for r in s["rows"]) for s in seeds.values()]) for p in PHASES]
+      lines.append(
+        f"| {label} {variant} | {len(seeds)} | {np.mean(per_run) / 60:.1f} | "
+        + " | ".join(f"{p / 60:.1f}" for p in phases)
+        + " |"
+      )
   return lines + ["", f"Total so far: {total / 3600:.2f} h of wall time (2 CPU cores)."]
 
 
+def e2_section(reader: Reader, study, splits: list[str]) -> tuple[list[str], dict, dict]:
+  """E2's tuning, lambda choice and comparison; (lines, {group label: runs}, runs of the comparison)."""
+  from cpu_study_v2 import E2_VARIANTS, choose_lambda, e2_piece, gate
+
+  initial_piece = os.path.join("e2", "tune", "initial")
+  initial = reader.evaluation(initial_piece)
+  if initial is None:
+    return ["Not started: it follows E1 (see the plan)."], {}, {}
+  p0, games = initial[0]["all"]["success"], len(initial[1])
+  lines = [
+    f"Tuning on {study.args.tune_split} ({games} games; SFT start {_pct(p0)} %), GRPO, seed 0:",
+    "",
+    "| run | settings | success % | minus SFT start | 3 standard errors | passes the gate |",
+    "|---|---|---|---|---|---|",
+  ]
+  tuning = {}
+  for name in ("T1", "T2", "T3", "T4", "T5", "T6"):
+    piece = os.path.join("e2", "tune", name)
+    if (run := reader.run(piece)) is None:
+      continue
+    tuning[name] = run
+    p1 = run["table"]["all"]["success"]
+    passes, se = gate(p1, p0, games)
+    config = json.load(open(reader.path(piece, "config.json")))
+    settings = (
+      f"lr {config['optim']['lr']:g}, temperature {config['rollout']['temperature']:g}, "
+      f"{config['rollout']['tasks_per_batch']} x {config['rollout']['group_size']}, {config['train']['steps']} it."
+    )
+    lines.append(
+      f"| {name} | {settings} | {_pct(p1)} | {100 * (p1 - p0):+.1f} | {300 * se:.1f} | {'yes' if passes else 'no'} |"
+    )
+  passed = study.e2_settings(run_missing=False)
+  if study.args.skip_gate:
+    lines += ["", "The gate was skipped (--skip_gate): a machinery test, not a result."]
+  if passed is None:
+    return lines + ["", "No tuning run has passed the gate (yet)."], {"E2 tuning": {"grpo": tuning}}, {}
+  lines += ["", f"Passing settings: {passed[0]}.", "", "| lambda | success % |", "|---|---|"]
+  lambdas = {}
+  for lam in study.lambdas:
+    if (run := reader.run(os.path.join("e2", "lambda", f"opid_l{lam:g}"))) is not None:
+      lambdas[lam] = run
+      lines.append(f"| {lam:g} | {_pct(run['table']['all']['success'])} |")
+  groups = {"E2 tuning": {"grpo": tuning}, "E2 lambda": {"opid": lambdas}}
+  if len(lambdas) < len(study.lambdas):
+    return lines + ["", "Lambda runs pending."], groups, {}
+  lam = choose_lambda({k: r["table"]["all"]["success"] for k, r in lambdas.items()})
+  lines += ["", f"Chosen lambda: {lam:g}."]
+  pieces = {v: [(s, e2_piece(v, s)) for s in range(study.e2_seeds[v])] for v in E2_VARIANTS}
+  runs = collect(reader, pieces)
+  e2_initial = reader.evaluation(os.path.join("e2", "initial"))
+  lines += ["", *success_table(runs, e2_initial, splits), "", "Contrasts (whole E2 list, paired by seed):", ""]
+  lines.append(contrast(runs, "opid", "grpo", range(study.e2_seeds["opid"]))[0])
+  for ablation in ("episode_only", "step_only", "superimpose"):
+    lines.append(contrast(runs, "opid", ablation, range(study.e2_seeds[ablation]))[0])
+  if all(len(runs[v]) == study.e2_seeds[v] for v in runs):
+    from study_report import PAPER, _kendall_tau, _order
+
+    means = {v: float(np.mean([r["table"]["all"]["success"] for r in seeds.values()])) for v, seeds in runs.items()}
+    lines.append(
+      f"- Observed order {_order(means)}; the paper's {_order(PAPER)}; Kendall tau {_kendall_tau(means, PAPER):+.2f}."
+    )
+  lines += task_types(runs, e2_initial)
+  groups["E2"] = runs
+  return lines, groups, runs
+
+
 def write_report(study) -> str:
+  from cpu_study_v2 import E1_VARIANTS, e1_piece
+
   reader = Reader(study)
-  out = study.args.report if not study.args.short else os.path.join(study.root, "cpu_study_v2.md")
+  out = study.args.report if not study.short else os.path.join(study.root, "cpu_study_v2.md")
   parts = [plan_text(), RESULTS_HEADING, ""]
   parts.append(f"Generated by `benchmarks/cpu_study_v2.py --stage=report` on {datetime.date.today().isoformat()}.")
-  if study.args.short:
+  if study.short:
     parts.append("SHORT mode: tiny lists and one-iteration runs; these numbers test the machinery, nothing else.")
   commit = os.path.join(study.store, "code_commit.txt") if study.store else ""
   if commit and os.path.exists(commit):
     parts.append(f"Code: every piece ran from commit `{open(commit).read().split()[0][:12]}`.")
+  splits = [study.args.train_split, *study.args.valid_splits]
   parts += ["", "### Screening (S)", "", *screening(reader, study.sizes), "", "### E1"]
-  section, runs = e1_section(reader, study)
-  parts += ["", *section, "", "Primary contrasts (success on the whole E1 list, paired by seed):", ""]
-  parts += contrasts(runs, study.args.seeds)
-  parts += task_types(runs, reader.evaluation(os.path.join("e1", "initial")))
-  figure = os.path.splitext(out)[0] + "_e1.png"
-  if plot(runs, figure):
-    parts += ["", f"![E1 training curves]({os.path.basename(figure)})"]
-  parts += ["", "### Cost", "", *cost(reader, runs)]
+  runs = collect(reader, {v: [(s, e1_piece(v, s)) for s in study.e1_seeds] for v in E1_VARIANTS})
+  e1_initial = reader.evaluation(os.path.join("e1", "initial"))
+  parts += ["", *success_table(runs, e1_initial, splits)]
+  parts += ["", "Primary contrasts (success on the whole E1 list, paired by seed):", ""]
+  parts += e1_contrasts(runs, study.e1_seeds)
+  parts += task_types(runs, e1_initial)
+  stem = os.path.splitext(out)[0]
+  if plot(runs, stem + "_e1.png"):
+    parts += ["", f"![E1 training curves]({os.path.basename(stem)}_e1.png)"]
+  e2_lines, e2_groups, e2_runs = e2_section(reader, study, splits)
+  parts += ["", "### E2", "", *e2_lines]
+  if plot(e2_runs, stem + "_e2.png"):
+    parts += ["", f"![E2 training curves]({os.path.basename(stem)}_e2.png)"]
+  evaluations = [
+    "screen",
+    os.path.join("e1", "initial"),
+    os.path.join("e2", "tune", "initial"),
+    os.path.join("e2", "initial"),
+  ]
+  parts += ["", "### Cost", "", *cost(reader, evaluations, {"E1": runs, **e2_groups})]
   deviations = os.path.join(study.store or study.root, "deviations.md")
   parts += ["", "### Deviations from the plan", ""]
   parts.append(open(deviations).read().strip() if os.path.exists(deviations) else "None so far.")
-  parts += ["", "### E2", "", "Not started: it follows E1 (see the plan)."]
   with open(out, "w") as f:
     f.write("\n".join(parts) + "\n")
   return out

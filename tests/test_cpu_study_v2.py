@@ -73,6 +73,25 @@ def test_e1_types_are_those_at_or_under_two_percent():
   assert lists.e1_types(outcomes({"pick_two_obj_and_place": 2}), lists.FULL) == []
 
 
+def test_e2_rules_follow_the_plan():
+  import cpu_study_v2 as study
+
+  # 200 games, SFT start 15 %: 25 % is 10 points up with 3 SE = 11.9 points (fails), 30 % 15 up with 12.3 (passes).
+  assert study.gate(0.25, 0.15, 200) == (False, pytest.approx((0.25 * 0.75 / 200 + 0.15 * 0.85 / 200) ** 0.5))
+  assert study.gate(0.30, 0.15, 200)[0] and 0.12 < 3 * study.gate(0.30, 0.15, 200)[1] < 0.125
+  # T6: the best of T1-T5 (ties: the earlier) with 32 iterations, or 48 when it had 32.
+  assert study.tuning_t6({"T1": 0.2, "T2": 0.3, "T3": 0.3, "T4": 0.1, "T5": 0.25}) == (
+    "T2",
+    {"optim.lr": 3e-4, "train.steps": 32},
+  )
+  assert study.tuning_t6({"T1": 0.2, "T2": 0.1, "T3": 0.1, "T4": 0.1, "T5": 0.3})[1]["train.steps"] == 48
+  assert study.choose_lambda({0.01: 0.2, 0.1: 0.25, 1.0: 0.25}) == 0.1  # ties: the smaller
+  # Held-out games: SE sqrt(p (1 - p) / (274 + n)) <= 1 point from 500 in steps of 100, else the whole pool.
+  assert study.heldout_size(0.05, 274, lists.FULL) == 500  # 0.78 points at 774 games
+  assert study.heldout_size(0.10, 274, lists.FULL) == 700  # 600: 1.02 points; 700: 0.96
+  assert study.heldout_size(0.30, 274, lists.FULL) == 1000  # none reaches 1 point
+
+
 def test_paired_contrasts_and_verdicts():
   import study_v2_report as report
 
@@ -100,8 +119,9 @@ def test_short_study_runs_screening_and_e1_and_reports(alfworld_games, tmp_path)
     f"--data_dir={alfworld_games}",
     "--train_split=valid_unseen",
     "--valid_splits=valid_seen",
-    "--variants=grpo,opid_l1",
-    "--seeds=0",
+    "--tune_split=valid_seen",
+    "--skip_gate",
+    "--variants=grpo,opid_l1,opid",
   ]
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -122,12 +142,26 @@ def test_short_study_runs_screening_and_e1_and_reports(alfworld_games, tmp_path)
   assert report.startswith(plan[: plan.index("## Results")])  # the plan, word for word
   assert "SHORT mode" in report and "| grpo | 1 |" in report and "| opid_l1 | 1 |" in report
   assert "- opid_l1 − grpo: " in report and "(one seed: no interval, no verdict)" in report
+  # E2 past its (skipped) gate: one tuning run and one lambda run on the tuning split, then its list and runs.
+  assert "The gate was skipped (--skip_gate)" in report and "Chosen lambda: 1." in report
+  e2_eval = committed_in(games, "e2_eval")
+  held_out = e2_eval[6:]  # after a valid game per type: the pool's first 2, 4 or 6 games (heldout_size)
+  assert len(held_out) in (2, 4, 6) and held_out == committed_in(games, "e2_pool")[: len(held_out)]
+  assert all(g.startswith("valid_seen/") for g in e2_eval[:6]) and not set(e2_eval) & set(
+    committed_in(games, "e2_train")
+  )
+  for variant in ("grpo", "opid"):
+    outcomes = json.loads((root / "e2" / "runs" / f"{variant}_s0" / "eval" / "iter_000001.games.json").read_text())
+    assert sorted(outcomes) == sorted(e2_eval)
+  tuning = json.loads((root / "e2" / "tune" / "T1" / "config.json").read_text())
+  assert tuning["env"]["eval_split"] == "valid_seen" and tuning["env"]["eval_games"] == ""
+  assert "- opid − grpo: " in report and "- opid − step_only: pending (0 of 1" in report
   # The machine loses ROOT: a second invocation restores everything from the store, runs nothing, same tables.
   rows = [line for line in report.splitlines() if line.startswith(("| SFT start |", "| grpo |", "| opid_l1 |"))]
   subprocess.run(["rm", "-rf", str(root)], check=True)
   again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-  assert "restored e1/runs/grpo_s0" in again.stdout and "run grpo seed 0" not in again.stdout
+  assert "restored e1/runs/grpo_s0" in again.stdout and "run e1 grpo seed 0" not in again.stdout
   assert "screen:" not in again.stdout and "e1/initial:" not in again.stdout
   rewritten = (root / "cpu_study_v2.md").read_text()
   assert rows == [
