@@ -7,7 +7,8 @@ q.dtype. Implementations:
 
   xla      the reference: a [b, t, t] mask and `attend_masked` (float32 scores, query blocks under checkpoint).
   chunked  pure-JAX flash attention: online softmax over key blocks, block pairs above the causal diagonal or of
-           different segments (packed samples) skipped, memory linear in t, a hand-written FlashAttention-2 backward. Any backend.
+           different segments (packed samples) skipped, memory linear in t, a hand-written FlashAttention-2
+           backward. Any backend.
   cudnn    jax.nn.dot_product_attention(implementation="cudnn"), GPU only, bfloat16/float16 only.
   splash   the Pallas TPU splash-attention kernel; on other backends only in Pallas interpret mode, when
            SPLASH_INTERPRET (or the environment variable OPID_SPLASH_INTERPRET=1) allows it (slow: for tests).
@@ -223,7 +224,7 @@ def _flash_fwd(q, k, v, q_seg, kv_seg, bq, bk):
 def _flash_bwd(bq, bk, residuals, d_out):
   """FlashAttention-2 backward: probabilities recomputed block by block from the log-sum-exp; D = rowsum(dO * O),
   dS = P * (dP - D). Outer loop over key blocks (their dk, dv accumulate in the carry), inner loop over the query
-  blocks at or below the diagonal, dq accumulated in a float32 buffer."""
+  blocks that can see the key block (_block_visibility), dq accumulated in a float32 buffer."""
   q, k, v, q_seg, kv_seg, out, lse = residuals
   nk = k.shape[1] // bk
   visible = _block_visibility(q_seg, kv_seg, bq, bk)
