@@ -197,13 +197,12 @@ def task_types(runs: dict, initial) -> list[str]:
 
 
 def band(seeds: dict, key: str):
-  per_seed = [[(r["step"], r[key]) for r in s["rows"] if key in r] for s in seeds.values()]
-  length = min(len(p) for p in per_seed)
-  if not length:
+  """study_report's seed mean and std per iteration; None when a seed never logged `key`."""
+  from study_report import _train_curve
+
+  if any(not any(key in r for r in s["rows"]) for s in seeds.values()):
     return None
-  values = np.array([[v for _, v in p[:length]] for p in per_seed], float)
-  std = values.std(0, ddof=1) if len(values) > 1 else np.zeros(length)
-  return [step for step, _ in per_seed[0][:length]], values.mean(0), std
+  return _train_curve(seeds, key)
 
 
 def plot(runs: dict, out: str) -> bool:
