@@ -124,7 +124,8 @@ def collect(reader: Reader, pieces: dict[str, list[tuple[int, str]]]) -> dict:
 
 
 def success_table(runs: dict, initial, splits: list[str]) -> list[str]:
-  head = "| variant | seeds | whole list | " + " | ".join(f"{s} games" for s in splits)
+  labels = [("held-out train" if s == "train" else s) + " games" for s in splits]
+  head = "| variant | seeds | whole list | " + " | ".join(labels)
   lines = [head + " | skill share | approx-KL | rollout success (last 3 it.) |", "|---" * (len(splits) + 6) + "|"]
   if initial:
     table, _ = initial
