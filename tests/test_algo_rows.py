@@ -46,7 +46,7 @@ def test_every_row_runs_an_iteration_on_the_counting_env(name, model_dir, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["gigpo", "skill_grpo"])  # step groups of real observations; a bank of real skills
 def test_rows_run_an_iteration_on_real_alfworld_games(name, model_dir, alfworld_games, tmp_path):
-  c = row_config(demo, name, eval_tasks=0, eval_at_end=False)
+  c = row_config(demo, name, eval_at_start=False, eval_at_end=False)  # the iteration only: no evaluation
   c.model.update(path=model_dir, remat=False)
   c.env.update(data_dir=alfworld_games, train_split="valid_seen", eval_split="valid_unseen", num_workers=1)
   c.rollout.update(tasks_per_batch=2, group_size=2, max_steps=4, max_new_tokens=8, max_prompt_tokens=1024)
