@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_study  # noqa: E402
 import study_store  # noqa: E402
 import study_v2_lists as lists  # noqa: E402
+import study_v2_skill_signal as skill_signal  # noqa: E402
 
 from opid_jax.envs import alfworld  # noqa: E402
 
@@ -209,12 +210,15 @@ class Study:
     print(f"{piece}: {seconds:.0f} s", flush=True)
 
   def train(self, piece: str, overrides: dict, label: str) -> None:
-    """One RL run to its last iteration (resuming when it was interrupted), recorded in the store."""
+    """One RL run to its last iteration (resuming when it was interrupted), recorded in the store with the summary
+    of its skill term (skill_signal.json)."""
+    workdir = os.path.join(self.root, piece)
     if self.finished(piece):
       return
     minutes = self.args.run_minutes * int(overrides.get("train.steps", RL_STEPS)) / RL_STEPS
     seconds = self.run("opid_jax.train", piece, overrides, minutes=minutes)
-    cpu_study.require_finished(os.path.join(self.root, piece))
+    cpu_study.require_finished(workdir)
+    skill_signal.write(workdir)
     study_store.record(self.root, self.store, piece)
     print(f"run {label}: {seconds:.0f} s", flush=True)
 
@@ -366,9 +370,21 @@ class Study:
           run["train.eval_tasks"] = 0
         self.train(e2_piece(variant, seed), run, f"e2 {variant} seed {seed}")
 
+  def add_skill_signals(self) -> None:
+    """Summarizes the skill term of finished runs that lack the summary while their trajectory dumps are here (runs
+    recorded before skill_signal.json existed), and records them again."""
+    for workdir in sorted(glob.glob(os.path.join(self.root, "e[12]", "**", "trajectories"), recursive=True)):
+      workdir = os.path.dirname(workdir)
+      piece = os.path.relpath(workdir, self.root)
+      if self.finished(piece) and not os.path.exists(os.path.join(workdir, skill_signal.FILE)):
+        if skill_signal.write(workdir):
+          study_store.record(self.root, self.store, piece)
+          print(f"{piece}: wrote {skill_signal.FILE}", flush=True)
+
   def report(self) -> str:
     from study_v2_report import write_report
 
+    self.add_skill_signals()
     return write_report(self)
 
 

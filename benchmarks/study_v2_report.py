@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import study_v2_lists as lists
+import study_v2_skill_signal as skill_signal
 from scipy import stats
 
 from opid_jax.envs.alfworld import TASK_TYPES, task_type_of
@@ -87,7 +88,13 @@ class Reader:
     rows = curves.read_run(self.path(piece))
     last = max(r["step"] for r in rows if "eval/success" in r)
     name = self.path(piece, "eval", f"iter_{last:06d}")
-    return {"rows": rows, "table": json.load(open(name + ".json")), "games": json.load(open(name + ".games.json"))}
+    signal = self.path(piece, skill_signal.FILE)
+    return {
+      "rows": rows,
+      "table": json.load(open(name + ".json")),
+      "games": json.load(open(name + ".games.json")),
+      "skill_signal": json.load(open(signal)) if os.path.exists(signal) else None,
+    }
 
 
 def screening(reader: Reader, sizes) -> list[str]:
@@ -195,6 +202,30 @@ def task_types(runs: dict, initial) -> list[str]:
     cells = [_mean_std([r["table"][t]["success"] for r in seeds.values() if t in r["table"]]) for t in types]
     lines.append(f"| {variant} | " + " | ".join(cells) + " |")
   return ["", "Success per task type (whole list, %):", "", *lines]
+
+
+def skill_signal_table(runs: dict) -> list[str]:
+  """The skill term by kind of step, pooled over the seeds whose runs kept the summary."""
+  lines = []
+  for variant, seeds in runs.items():
+    kept = {seed: r["skill_signal"] for seed, r in seeds.items() if r.get("skill_signal")}
+    for kind, row in skill_signal.pooled(list(kept.values())).items():
+      seeds_text = ", ".join(str(s) for s in sorted(kept))
+      lines.append(
+        f"| {variant} | {seeds_text} | {kind} | {row['steps']} | {row['mean']:+.2f} | {_pct(row['positive_share'])} |"
+      )
+  if not lines:
+    return []
+  head = ["| variant | seeds | kind of step | steps | mean log-prob change (nats) | share raised (%) |"]
+  return [
+    "",
+    "What the skill term said (training steps; the skill-conditioned log-probability of the sampled response minus "
+    "the old policy's, summed over its tokens, lambda not applied):",
+    "",
+    *head,
+    "|---|---|---|---|---|---|",
+    *lines,
+  ]
 
 
 def band(seeds: dict, key: str):
@@ -306,6 +337,7 @@ def e2_section(reader: Reader, study, splits: list[str]) -> tuple[list[str], dic
       f"- Observed order {_order(means)}; the paper's {_order(PAPER)}; Kendall tau {_kendall_tau(means, PAPER):+.2f}."
     )
   lines += task_types(runs, e2_initial)
+  lines += skill_signal_table(runs)
   groups["E2"] = runs
   return lines, groups, runs
 
@@ -330,6 +362,7 @@ def write_report(study) -> str:
   parts += ["", "Primary contrasts (success on the whole E1 list, paired by seed):", ""]
   parts += e1_contrasts(runs, study.e1_seeds)
   parts += task_types(runs, e1_initial)
+  parts += skill_signal_table(runs)
   stem = os.path.splitext(out)[0]
   if plot(runs, stem + "_e1.png"):
     parts += ["", f"![E1 training curves]({os.path.basename(stem)}_e1.png)"]
@@ -344,9 +377,12 @@ def write_report(study) -> str:
     os.path.join("e2", "initial"),
   ]
   parts += ["", "### Cost", "", *cost(reader, evaluations, {"E1": runs, **e2_groups})]
-  deviations = os.path.join(study.store or study.root, "deviations.md")
-  parts += ["", "### Deviations from the plan", ""]
-  parts.append(open(deviations).read().strip() if os.path.exists(deviations) else "None so far.")
+  for heading, name, absent in (
+    ("Deviations from the plan", "deviations.md", "None so far."),
+    ("What limits the conclusion", "limits.md", "Written once E1's contrasts are in."),
+  ):
+    path = os.path.join(study.store or study.root, name)
+    parts += ["", f"### {heading}", "", open(path).read().strip() if os.path.exists(path) else absent]
   with open(out, "w") as f:
     f.write("\n".join(parts) + "\n")
   return out

@@ -106,6 +106,32 @@ def test_paired_contrasts_and_verdicts():
   assert 0.4 < low <= 2 / 3 <= high < 0.9
 
 
+def test_skill_signal_sorts_steps_by_kind_and_pools_by_steps():
+  import study_v2_skill_signal as signal
+
+  def step(delta, action="go to desk 1", skill=None):
+    return {"action": action, "skill_logp_delta": delta, "routed_skill": {"episode": "e", "step": skill}}
+
+  do_desk = "Do 'go to desk 1' now: it is the next action of the plan that solves this task."
+  do_bed = "Do 'go to bed 1' now: it is the next action of the plan that solves this task."
+  trajectories = [
+    {"steps": [step(2.0, skill=do_desk), step(-3.0, skill=do_bed), step(-5.0, skill=do_bed), step(1.0)]},
+    {"steps": [step(-1.0, skill="Look before you leap."), step(0.5), {"action": "look", "skill_logp_delta": None}]},
+  ]
+  summary = signal.summarize(trajectories)
+  assert summary == {
+    "step skill, its action taken": {"steps": 1, "mean": 2.0, "median": 2.0, "positive_share": 1.0},
+    "step skill, another action": {"steps": 2, "mean": -4.0, "median": -4.0, "positive_share": 0.0},
+    "step skill, free text": {"steps": 1, "mean": -1.0, "median": -1.0, "positive_share": 0.0},
+    "episode skill only": {"steps": 2, "mean": 0.75, "median": 0.75, "positive_share": 1.0},
+  }
+  other = {"step skill, another action": {"steps": 6, "mean": 0.0, "median": 0.0, "positive_share": 0.5}}
+  pooled = signal.pooled([summary, other])
+  assert pooled["step skill, another action"] == {"steps": 8, "mean": -1.0, "positive_share": 0.375}
+  assert pooled["step skill, its action taken"] == {"steps": 1, "mean": 2.0, "positive_share": 1.0}
+  assert signal.summarize([{"steps": [{"action": "look", "skill_logp_delta": None}]}]) == {}
+
+
 @pytest.mark.slow
 def test_short_study_runs_screening_and_e1_and_reports(alfworld_games, tmp_path):
   root, store = tmp_path / "study", tmp_path / "store"
@@ -137,11 +163,15 @@ def test_short_study_runs_screening_and_e1_and_reports(alfworld_games, tmp_path)
     assert (store / "e1" / "runs" / f"{variant}_s0" / "summary.md").exists()
     config = json.loads((run / "config.json").read_text())
     assert config["env"]["train_games"].endswith("e1_train.txt") and config["optim"]["lr"] == 1e-4
+  signal = json.loads((store / "e1" / "runs" / "opid_l1_s0" / "skill_signal.json").read_text())
+  assert sum(kind["steps"] for kind in signal.values()) > 0  # the skill term's summary outlives the dumps
+  assert not (store / "e1" / "runs" / "grpo_s0" / "skill_signal.json").exists()
   report = (root / "cpu_study_v2.md").read_text()
   plan = open(os.path.join(ROOT, "results", "cpu_study_v2.md")).read()
   assert report.startswith(plan[: plan.index("## Results")])  # the plan, word for word
   assert "SHORT mode" in report and "| grpo | 1 |" in report and "| opid_l1 | 1 |" in report
   assert "- opid_l1 − grpo: " in report and "(one seed: no interval, no verdict)" in report
+  assert "What the skill term said" in report and "| opid_l1 | 0 | " in report
   # E2 past its (skipped) gate: one tuning run and one lambda run on the tuning split, then its list and runs.
   assert "The gate was skipped (--skip_gate)" in report and "Chosen lambda: 1." in report
   e2_eval = committed_in(games, "e2_eval")
