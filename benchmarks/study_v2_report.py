@@ -209,20 +209,19 @@ def skill_signal_table(runs: dict) -> list[str]:
   lines = []
   for variant, seeds in runs.items():
     kept = {seed: r["skill_signal"] for seed, r in seeds.items() if r.get("skill_signal")}
+    seeds_text = ", ".join(str(s) for s in sorted(kept))
     for kind, row in skill_signal.pooled(list(kept.values())).items():
-      seeds_text = ", ".join(str(s) for s in sorted(kept))
       lines.append(
         f"| {variant} | {seeds_text} | {kind} | {row['steps']} | {row['mean']:+.2f} | {_pct(row['positive_share'])} |"
       )
   if not lines:
     return []
-  head = ["| variant | seeds | kind of step | steps | mean log-prob change (nats) | share raised (%) |"]
   return [
     "",
     "What the skill term said (training steps; the skill-conditioned log-probability of the sampled response minus "
     "the old policy's, summed over its tokens, lambda not applied):",
     "",
-    *head,
+    "| variant | seeds | kind of step | steps | mean log-prob change (nats) | share raised (%) |",
     "|---|---|---|---|---|---|",
     *lines,
   ]
