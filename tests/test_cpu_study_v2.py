@@ -79,12 +79,17 @@ def test_e2_rules_follow_the_plan():
   # 200 games, SFT start 15 %: 25 % is 10 points up with 3 SE = 11.9 points (fails), 30 % 15 up with 12.3 (passes).
   assert study.gate(0.25, 0.15, 200) == (False, pytest.approx((0.25 * 0.75 / 200 + 0.15 * 0.85 / 200) ** 0.5))
   assert study.gate(0.30, 0.15, 200)[0] and 0.12 < 3 * study.gate(0.30, 0.15, 200)[1] < 0.125
-  # T6: the best of T1-T5 (ties: the earlier) with 32 iterations, or 48 when it had 32.
+  # T6: the best of T1-T5 (ties: the earlier) with 32 iterations, or 48 when it (or its 32-iteration run) had 32.
   assert study.tuning_t6({"T1": 0.2, "T2": 0.3, "T3": 0.3, "T4": 0.1, "T5": 0.25}) == (
     "T2",
     {"optim.lr": 3e-4, "train.steps": 32},
   )
   assert study.tuning_t6({"T1": 0.2, "T2": 0.1, "T3": 0.1, "T4": 0.1, "T5": 0.3})[1]["train.steps"] == 48
+  # T1 at 32 iterations is T5: T6 runs T1's settings for 48 instead of repeating T5.
+  assert study.tuning_t6({"T1": 0.3, "T2": 0.1, "T3": 0.1, "T4": 0.1, "T5": 0.2}) == (
+    "T1",
+    {"optim.lr": 1e-4, "train.steps": 48},
+  )
   assert study.choose_lambda({0.01: 0.2, 0.1: 0.25, 1.0: 0.25}) == 0.1  # ties: the smaller
   # Held-out games: SE sqrt(p (1 - p) / (274 + n)) <= 1 point from 500 in steps of 100, else the whole pool.
   assert study.heldout_size(0.05, 274, lists.FULL) == 500  # 0.78 points at 774 games
