@@ -4,8 +4,8 @@ Each dumped step of an OPID run carries `skill_logp_delta`, the skill-conditione
 response minus the old policy's (summed over the response's tokens; lambda not applied). Steps fall into four
 kinds: a step skill was routed and the agent took the very action it names (the `expert` analyzer's step skills
 read "Do 'ACTION' now: ..."), a step skill was routed and the agent did something else, a step skill names no
-action (free text, e.g. an LLM analyzer's), or only the episode skill was routed. If the skill-conditioned policy reads its skill, the first kind is pushed up and the second down; an
-uninformative teacher gives both the same sign. The store keeps no trajectory dumps, so this summary is what lasts.
+action (free text, e.g. an LLM analyzer's), or only the episode skill was routed. If the skill-conditioned policy
+reads its skill, the first kind is pushed up and the second down; an uninformative teacher gives both the same sign. The store keeps no trajectory dumps, so this summary is what lasts.
 """
 
 from __future__ import annotations
