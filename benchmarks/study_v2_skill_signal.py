@@ -5,7 +5,8 @@ response minus the old policy's (summed over the response's tokens; lambda not a
 kinds: a step skill was routed and the agent took the very action it names (the `expert` analyzer's step skills
 read "Do 'ACTION' now: ..."), a step skill was routed and the agent did something else, a step skill names no
 action (free text, e.g. an LLM analyzer's), or only the episode skill was routed. If the skill-conditioned policy
-reads its skill, the first kind is pushed up and the second down; an uninformative teacher gives both the same sign. The store keeps no trajectory dumps, so this summary is what lasts.
+reads its skill, the first kind is pushed up and the second down; an uninformative teacher gives both the same sign.
+The store keeps no trajectory dumps, so this summary is what lasts.
 """
 
 from __future__ import annotations
