@@ -309,7 +309,12 @@ def e2_section(reader: Reader, study, splits: list[str]) -> tuple[list[str], dic
   if study.args.skip_gate:
     lines += ["", "The gate was skipped (--skip_gate): a machinery test, not a result."]
   if passed is None:
-    return lines + ["", "No tuning run has passed the gate (yet)."], {"E2 tuning": {"grpo": tuning}}, {}
+    verdict = (
+      "No tuning run passed the gate: E2 stops here, as the plan says (no lambda runs, no comparison)."
+      if "T6" in tuning  # T6 is the last tuning run
+      else "No tuning run has passed the gate (yet)."
+    )
+    return lines + ["", verdict], {"E2 tuning": {"grpo": tuning}}, {}
   lines += ["", f"Passing settings: {passed[0]}.", "", "| lambda | success % |", "|---|---|"]
   lambdas = {}
   for lam in study.lambdas:
