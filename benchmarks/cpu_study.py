@@ -391,7 +391,7 @@ def resolve_common_args(p, args, variants, default_store: str):
   except ValueError:
     p.error(f"--until={args.until!r} is not an ISO time like 2026-12-01T22:00")
   args.data_dir = os.path.abspath(args.data_dir)
-  if not os.path.isdir(args.data_dir):
+  if args.stage != "report" and not os.path.isdir(args.data_dir):  # the report reads only the store
     p.error(f"ALFWorld data not found at {args.data_dir} (run `make data`)")
   return args
 
